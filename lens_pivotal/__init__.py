@@ -1,0 +1,24 @@
+"""lens_pivotal: a TransformerLens plugin for residual caching, pivotal-token probes, PatchScope and PTS.
+
+Data flows ``model → cache → probes / patchscope → views``::
+
+    import lens_pivotal as lp
+    model = lp.load_model("Qwen/Qwen3-0.6B")              # a TransformerLens model
+    acts = lp.cache_resid_post(model, texts, positions)  # [n_layers, n_rows, d_model]
+"""
+
+from lens_pivotal.cache import cache_resid_post
+from lens_pivotal.embedded import embedded_model
+from lens_pivotal.lens import logit_lens
+from lens_pivotal.model import UnsupportedArchitectureError, load_model, resid_post_hook
+from lens_pivotal.store import ResidStore
+
+__all__ = [
+    "ResidStore",
+    "UnsupportedArchitectureError",
+    "cache_resid_post",
+    "embedded_model",
+    "load_model",
+    "logit_lens",
+    "resid_post_hook",
+]

@@ -1,0 +1,290 @@
+"""Cache ``resid_post`` at every layer, at the token positions you ask for, batched, optionally on disk.
+
+Layer index ``l`` means ``blocks.{l}.hook_resid_post``: the output of decoder block ``l``, which equals
+Hugging Face ``hidden_states[l + 1]`` for every block but the last (HF returns that one after the final
+norm; we return the block's own output). With ``embeddings=True`` the embedding stream
+(``blocks.0.hook_resid_pre`` = HF ``hidden_states[0]``) comes first, so that index ``k`` of the result is
+HF's state ``k``: the 29-state layout seed A used for Qwen3-0.6B, where its "layer 14" is our block 13.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence, Union
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
+
+from lens_pivotal.model import EMBEDDING_HOOK, resid_post_hook
+from lens_pivotal.store import ResidStore, StoreWriter
+
+TextInput = Union[str, Tensor, Sequence[int]]
+PositionInput = Union[int, Sequence[int]]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which hooks are read, in result order, and which block is the last that must run."""
+
+    layers: list[int]
+    embeddings: bool
+
+    @property
+    def hook_names(self) -> list[str]:
+        """The TransformerLens hook read for each slot of the result's first axis."""
+        names = [resid_post_hook(layer) for layer in self.layers]
+        return [EMBEDDING_HOOK, *names] if self.embeddings else names
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The tokenized inputs and, per text, the resolved (non-negative) positions to keep."""
+
+    tokens: list[Tensor]
+    positions: list[list[int]]
+
+    @property
+    def offsets(self) -> list[int]:
+        """Index of each text's first row in the output; one extra entry holds the total."""
+        offsets = [0]
+        for kept in self.positions:
+            offsets.append(offsets[-1] + len(kept))
+        return offsets
+
+
+class _StopForward(Exception):
+    """Raised by the deepest requested hook: nothing after it is needed."""
+
+
+def cache_resid_post(
+    model: TransformerBridge,
+    texts: Sequence[TextInput] | Int[Tensor, "n_texts seq"],
+    positions: Sequence[PositionInput],
+    *,
+    layers: Sequence[int] | None = None,
+    embeddings: bool = False,
+    batch_size: int = 16,
+    dtype: torch.dtype = torch.float32,
+    padding_side: str = "right",
+    out: str | os.PathLike | None = None,
+    shard_texts: int = 512,
+    progress: bool = True,
+) -> Float[Tensor, "n_layers n_rows d_model"] | ResidStore:
+    """Residual stream after each requested block, at the requested token positions.
+
+    Args:
+        model: a TransformerLens model from :func:`lens_pivotal.load_model`.
+        texts: strings (tokenized with ``model.to_tokens``, so BOS follows the model's default) or token
+            ids (1-D tensors or lists of ints, or one ``[n_texts, seq]`` tensor), used as given.
+        positions: per text an int or a list of ints indexing that text's tokens; negatives count from
+            the end.
+        layers: blocks to read (default: all); negatives count from the last block.
+        embeddings: also return the embedding stream, first (HF ``hidden_states[0]``).
+        batch_size: texts per forward pass. Texts are sorted by length first to cut padding.
+        dtype: dtype of the returned activations.
+        padding_side: ``"right"`` or ``"left"``; results are the same either way.
+        out: a directory for an on-disk store (safetensors shards + ``manifest.json``). A rerun with the
+            same inputs resumes an interrupted store, and a finished one is reopened without computing.
+        shard_texts: texts per shard when writing to ``out``; peak memory is bounded by one shard.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``[n_layers, n_rows, d_model]`` with rows in text order, then position order; or, with ``out``,
+        the :class:`~lens_pivotal.store.ResidStore` holding the same rows.
+    """
+    rows = _prepare_rows(model, texts, positions)
+    layout = _resolve_layout(model, layers, embeddings)
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    run = _BatchRunner(model, layout, dtype, padding_side)
+    if out is None:
+        with _progress_bar(len(rows.tokens), progress) as bar:
+            return run.chunk(rows, range(len(rows.tokens)), batch_size, bar.update)
+    writer = StoreWriter.open_or_create(
+        out, manifest=_manifest(model, layout, dtype, rows), n_texts=len(rows.tokens), shard_texts=shard_texts
+    )
+    with _progress_bar(len(rows.tokens), progress, initial=writer.texts_done) as bar:
+        for text_range in writer.pending_ranges():
+            acts = run.chunk(rows, text_range, batch_size, bar.update)
+            writer.write_shard(text_range, acts, *_row_labels(rows, text_range))
+    return writer.finish()
+
+
+def _progress_bar(total: int, enabled: bool, initial: int = 0) -> tqdm:
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="text", desc="resid_post")
+
+
+def _prepare_rows(model: TransformerBridge, texts: object, positions: object) -> Rows:
+    if isinstance(texts, Tensor):
+        if texts.ndim != 2:
+            raise ValueError(f"a token tensor for texts must be [n_texts, seq], got shape {tuple(texts.shape)}")
+        texts = list(texts)
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
+        raise TypeError("texts must be a list of strings or token sequences (wrap a single text in a list)")
+    if isinstance(positions, (int, str)) or not isinstance(positions, Sequence):
+        raise TypeError("positions must be a list with one int or list of ints per text")
+    if len(texts) == 0:
+        raise ValueError("texts is empty: nothing to cache")
+    if len(texts) != len(positions):
+        raise ValueError(f"texts and positions differ in length: {len(texts)} texts, {len(positions)} positions")
+    tokens = [_tokenize(model, text, index) for index, text in enumerate(texts)]
+    resolved = [_resolve_positions(spec, len(ids), index) for index, (spec, ids) in enumerate(zip(positions, tokens))]
+    return Rows(tokens, resolved)
+
+
+def _tokenize(model: TransformerBridge, text: TextInput, index: int) -> Tensor:
+    if isinstance(text, str):
+        ids = model.to_tokens(text)[0]
+    elif isinstance(text, Tensor):
+        if text.ndim == 2 and text.shape[0] == 1:
+            text = text[0]
+        if text.ndim != 1 or text.is_floating_point():
+            raise ValueError(f"text {index}: a token tensor must be 1-D integer ids, got {text.dtype} {tuple(text.shape)}")
+        ids = text
+    elif isinstance(text, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in text):
+        ids = torch.tensor(list(text), dtype=torch.long)
+    else:
+        raise TypeError(f"text {index}: expected a string or token ids, got {type(text).__name__}")
+    if ids.numel() == 0:
+        raise ValueError(f"text {index} has no tokens")
+    return ids.to("cpu", torch.long)
+
+
+def _resolve_positions(spec: PositionInput, length: int, index: int) -> list[int]:
+    wanted = [spec] if isinstance(spec, int) and not isinstance(spec, bool) else spec
+    if isinstance(wanted, (str, bytes)) or not isinstance(wanted, Sequence) or len(wanted) == 0:
+        raise TypeError(f"positions[{index}] must be an int or a non-empty list of ints, got {spec!r}")
+    resolved = []
+    for position in wanted:
+        if not isinstance(position, int) or isinstance(position, bool):
+            raise TypeError(f"positions[{index}] holds {position!r}, which is not an int")
+        if not -length <= position < length:
+            raise IndexError(f"position {position} is out of range for text {index}, which has {length} tokens")
+        resolved.append(position % length)
+    return resolved
+
+
+def _resolve_layout(model: TransformerBridge, layers: Sequence[int] | None, embeddings: bool) -> Layout:
+    n_layers = model.cfg.n_layers
+    if layers is None:
+        return Layout(list(range(n_layers)), embeddings)
+    if isinstance(layers, int) or len(layers) == 0:
+        raise ValueError(f"layers must be a non-empty list of block indices, got {layers!r}")
+    resolved = []
+    for layer in layers:
+        if not isinstance(layer, int) or not -n_layers <= layer < n_layers:
+            raise IndexError(f"layer {layer!r} is out of range: the model has {n_layers} blocks")
+        resolved.append(layer % n_layers)
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(f"layers has repeats: {list(layers)}")
+    return Layout(resolved, embeddings)
+
+
+def _row_labels(rows: Rows, text_range: range) -> tuple[Tensor, Tensor]:
+    text_index = [index for index in text_range for _ in rows.positions[index]]
+    positions = [position for index in text_range for position in rows.positions[index]]
+    return torch.tensor(text_index, dtype=torch.long), torch.tensor(positions, dtype=torch.long)
+
+
+def _manifest(model: TransformerBridge, layout: Layout, dtype: torch.dtype, rows: Rows) -> dict:
+    digest = hashlib.sha256()
+    header = [model.cfg.model_name, layout.hook_names, str(dtype)]
+    digest.update(json.dumps(header).encode())
+    for ids, kept in zip(rows.tokens, rows.positions):
+        digest.update(ids.numpy().tobytes())
+        digest.update(json.dumps(kept).encode())
+    return {
+        "model_name": model.cfg.model_name,
+        "d_model": model.cfg.d_model,
+        "n_model_layers": model.cfg.n_layers,
+        "layers": layout.layers,
+        "embeddings": layout.embeddings,
+        "hook_names": layout.hook_names,
+        "dtype": str(dtype).removeprefix("torch."),
+        "n_texts": len(rows.tokens),
+        "n_rows": rows.offsets[-1],
+        "input_hash": digest.hexdigest(),
+    }
+
+
+class _BatchRunner:
+    """Runs padded batches through the model, gathering the kept rows on the device."""
+
+    def __init__(self, model: TransformerBridge, layout: Layout, dtype: torch.dtype, padding_side: str) -> None:
+        self.model = model
+        self.layout = layout
+        self.dtype = dtype
+        self.padding_side = padding_side
+        self.device = next(model.parameters()).device
+        pad = model.tokenizer.pad_token_id if model.tokenizer is not None else None
+        self.pad_id = pad if pad is not None else 0
+
+    def chunk(
+        self, rows: Rows, text_range: range, batch_size: int, advance: Callable[[int], object]
+    ) -> Float[Tensor, "n_layers n_rows d_model"]:
+        """Activations for the texts in ``text_range``, rows in text then position order."""
+        offsets = rows.offsets
+        first = offsets[text_range.start]
+        result = torch.empty(
+            len(self.layout.hook_names), offsets[text_range.stop] - first, self.model.cfg.d_model, dtype=self.dtype
+        )
+        for batch in _length_sorted_batches(rows, text_range, batch_size):
+            destination = torch.tensor(
+                [offsets[index] - first + k for index in batch for k in range(len(rows.positions[index]))]
+            )
+            result[:, destination] = self.batch(rows, batch).cpu()
+            advance(len(batch))
+        return result
+
+    @torch.inference_mode()
+    def batch(self, rows: Rows, batch: list[int]) -> Float[Tensor, "n_layers n_kept d_model"]:
+        """One forward pass over ``batch`` (text indices), stopped after the deepest requested block."""
+        ids, mask, row_index, position_index = self._pad(rows, batch)
+        gathered: dict[str, Tensor] = {}
+        deepest = max(self.layout.layers)
+
+        def keep(name: str, stop: bool) -> Callable:
+            def hook(resid: Tensor, hook: object) -> Tensor:
+                gathered[name] = resid[row_index, position_index].to(self.dtype)
+                if stop:
+                    raise _StopForward
+                return resid
+
+            return hook
+
+        fwd_hooks = [(name, keep(name, name == resid_post_hook(deepest))) for name in self.layout.hook_names]
+        with self.model.hooks(fwd_hooks=fwd_hooks):
+            try:
+                self.model(ids, attention_mask=mask, use_cache=False)
+            except _StopForward:
+                pass
+        return torch.stack([gathered[name] for name in self.layout.hook_names])
+
+    def _pad(self, rows: Rows, batch: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        width = max(len(rows.tokens[index]) for index in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        row_index, position_index = [], []
+        for row, index in enumerate(batch):
+            tokens = rows.tokens[index]
+            start = width - len(tokens) if self.padding_side == "left" else 0
+            ids[row, start : start + len(tokens)] = tokens
+            mask[row, start : start + len(tokens)] = 1
+            row_index += [row] * len(rows.positions[index])
+            position_index += [start + position for position in rows.positions[index]]
+        on_device = (ids.to(self.device), mask.to(self.device))
+        return (*on_device, torch.tensor(row_index, device=self.device), torch.tensor(position_index, device=self.device))
+
+
+def _length_sorted_batches(rows: Rows, text_range: range, batch_size: int) -> Iterator[list[int]]:
+    ordered = sorted(text_range, key=lambda index: len(rows.tokens[index]), reverse=True)
+    for start in range(0, len(ordered), batch_size):
+        yield ordered[start : start + batch_size]

@@ -1,0 +1,120 @@
+"""The ``lens-pivotal`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EMBEDDED = "embedded"
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--model", default=default, help=f"hub id, local directory, or '{EMBEDDED}' for the offline SmolLM2 (default: {default})"
+    )
+    parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+    parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+
+
+def _load(args: argparse.Namespace):
+    from lens_pivotal.embedded import embedded_model
+    from lens_pivotal.model import load_model
+
+    if args.model == EMBEDDED:
+        return embedded_model(device=args.device, dtype=args.dtype)
+    return load_model(args.model, device=args.device, dtype=args.dtype)
+
+
+def _parse_ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SystemExit(f"error: {what} must be comma-separated integers, got {text!r}") from None
+
+
+def _read_inputs(path: Path, text_field: str, positions_field: str, default_positions: list[int]):
+    if not path.is_file():
+        raise SystemExit(f"error: input file {path} does not exist")
+    if path.suffix != ".jsonl":
+        texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return texts, [default_positions] * len(texts)
+    texts, positions = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"error: {path}:{number} is not JSON ({error.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+            raise SystemExit(f"error: {path}:{number} has no string field {text_field!r}")
+        texts.append(row[text_field])
+        positions.append(row.get(positions_field, default_positions))
+    return texts, positions
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from lens_pivotal.demo import run_demo
+
+    model = _load(args)
+    print(f"Logit lens of {model.cfg.model_name} ({model.cfg.n_layers} blocks): top next token at the last position")
+    print(run_demo(model, args.out))
+    print(f"\nwrote {args.out}/logit_lens.txt and logit_lens.json")
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from lens_pivotal.cache import cache_resid_post
+    from lens_pivotal.model import resolve_dtype
+
+    texts, positions = _read_inputs(Path(args.input), args.text_field, args.positions_field, _parse_ints(args.positions, "--positions"))
+    model = _load(args)
+    layers = _parse_ints(args.layers, "--layers") if args.layers else None
+    store = cache_resid_post(
+        model, texts, positions, layers=layers, embeddings=args.embeddings, batch_size=args.batch_size,
+        dtype=resolve_dtype(args.store_dtype), out=args.out,
+    )
+    print(store)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="lens-pivotal", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="logit-lens table of a few prompts on the embedded model (offline)")
+    _add_model_arguments(demo, EMBEDDED)
+    demo.add_argument("--out", default="demo_out", help="folder for the files it writes (default: demo_out)")
+    demo.set_defaults(func=_cmd_demo)
+
+    cache = commands.add_parser("cache", help="cache resid_post of texts at chosen positions into an on-disk store")
+    _add_model_arguments(cache, EMBEDDED)
+    cache.add_argument("input", help="a .txt file (one text per line) or .jsonl file (one object per line)")
+    cache.add_argument("--out", required=True, help="store directory; rerunning resumes an interrupted store")
+    cache.add_argument("--positions", default="-1", help="positions for texts without their own (default: -1)")
+    cache.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
+    cache.add_argument("--positions-field", default="positions", help="JSONL field holding positions (default: positions)")
+    cache.add_argument("--layers", default=None, help="comma-separated blocks (default: all)")
+    cache.add_argument("--embeddings", action="store_true", help="also store the embedding stream, first")
+    cache.add_argument("--batch-size", type=int, default=16, help="texts per forward pass (default: 16)")
+    cache.add_argument("--store-dtype", default="float32", help="dtype of stored activations (default: float32)")
+    cache.set_defaults(func=_cmd_cache)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lens-pivotal``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, IndexError, TypeError, FileNotFoundError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

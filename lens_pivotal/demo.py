@@ -1,0 +1,64 @@
+"""The demo behind ``make demo``: what the embedded model's residual stream says, layer by layer."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from lens_pivotal.cache import cache_resid_post
+from lens_pivotal.lens import logit_lens
+
+DEMO_PROMPTS = (
+    "The capital of France is",
+    "2 + 2 =",
+    "The opposite of hot is",
+    "Monday, Tuesday,",
+)
+
+
+def logit_lens_table(
+    model: TransformerBridge, prompts: list[str], *, batch_size: int = 8
+) -> list[list[tuple[str, float]]]:
+    """For each layer, for each prompt: the logit lens' top token at the last position and its probability."""
+    resid = cache_resid_post(model, prompts, [-1] * len(prompts), batch_size=batch_size, progress=False)
+    probs = torch.softmax(logit_lens(model, resid).float(), dim=-1)
+    top_prob, top_id = probs.max(dim=-1)
+    return [
+        [(model.to_string(top_id[layer, row : row + 1]), top_prob[layer, row].item()) for row in range(len(prompts))]
+        for layer in range(resid.shape[0])
+    ]
+
+
+def format_table(prompts: list[str], table: list[list[tuple[str, float]]], width: int = 18) -> str:
+    """A fixed-width text table: one row per layer, one column per prompt."""
+    def cell(text: str) -> str:
+        text = text if len(text) <= width else text[: width - 1] + "…"
+        return text.ljust(width)
+
+    header = "layer  " + " ".join(cell(prompt) for prompt in prompts)
+    lines = [header, "-" * len(header)]
+    for layer, row in enumerate(table):
+        cells = " ".join(cell(f"{token!r} {prob:.2f}") for token, prob in row)
+        lines.append(f"{layer:>5}  {cells}")
+    return "\n".join(lines)
+
+
+def run_demo(model: TransformerBridge, out: str | os.PathLike, prompts: list[str] | None = None) -> str:
+    """Print-ready logit-lens table for ``prompts``; also writes it as text and JSON under ``out``."""
+    prompts = list(prompts or DEMO_PROMPTS)
+    table = logit_lens_table(model, prompts)
+    text = format_table(prompts, table)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "logit_lens.txt").write_text(text + "\n")
+    records = [
+        {"layer": layer, "prompt": prompt, "top_token": token, "prob": prob}
+        for layer, row in enumerate(table)
+        for prompt, (token, prob) in zip(prompts, row)
+    ]
+    (out / "logit_lens.json").write_text(json.dumps(records, indent=1))
+    return text

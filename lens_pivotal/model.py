@@ -1,0 +1,141 @@
+"""Load a model as TransformerLens' HookedTransformer-equivalent ``TransformerBridge``.
+
+Everything else in lens_pivotal takes the object returned here: it *is* the TransformerLens model, so
+``model.hooks(...)``, ``run_with_hooks``, ``run_with_cache`` and ``generate`` all work as usual and the
+hook names are the usual ones (``blocks.{l}.hook_resid_post``, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
+
+
+class UnsupportedArchitectureError(ValueError):
+    """The checkpoint's architecture has no TransformerLens adapter."""
+
+
+def resid_post_hook(layer: int) -> str:
+    """TransformerLens hook name of block ``layer``'s output (the residual stream after the block)."""
+    return f"blocks.{layer}.hook_resid_post"
+
+
+EMBEDDING_HOOK = "blocks.0.hook_resid_pre"
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    """Accept ``torch.bfloat16``, ``"bfloat16"``, ``"bf16"`` etc.; ``None`` means float32."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+    resolved = getattr(torch, aliases.get(dtype, dtype), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"dtype={dtype!r} is not a torch dtype (try 'float32', 'bfloat16' or 'float16')")
+    return resolved
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` picks CUDA when available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def supported_architectures() -> list[str]:
+    """HF architecture names (``config.architectures``) that TransformerLens can bridge."""
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+
+    return sorted(SUPPORTED_ARCHITECTURES)
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def _check_architecture(config: Any, source: str) -> None:
+    from transformer_lens.model_bridge.sources._hf_format import determine_architecture_from_hf_config
+
+    try:
+        determine_architecture_from_hf_config(config)
+    except ValueError:
+        found = getattr(config, "architectures", None) or getattr(config, "model_type", "unknown")
+        raise UnsupportedArchitectureError(
+            f"{source}: architecture {found} is not supported by TransformerLens "
+            f"{_tl_version()}; supported include {', '.join(supported_architectures()[:12])}, ... "
+            "(see lens_pivotal.model.supported_architectures())"
+        ) from None
+
+
+def _tl_version() -> str:
+    from importlib.metadata import version
+
+    return version("transformer-lens")
+
+
+def _local_config(path: Path) -> Any:
+    from transformers import AutoConfig
+
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
+    return AutoConfig.from_pretrained(path)
+
+
+def load_model(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    hf_model: Any | None = None,
+    tokenizer: Any | None = None,
+    compat: bool = True,
+) -> TransformerBridge:
+    """Load a model as a TransformerLens ``TransformerBridge`` in compatibility mode.
+
+    Args:
+        name_or_path: a Hugging Face hub id (``"Qwen/Qwen3-0.6B"``) or a local model directory. With
+            ``hf_model`` it only names the model (``model.cfg.model_name``).
+        device: ``"cuda"``, ``"cpu"``, ...; ``None`` picks CUDA when available.
+        dtype: parameter dtype (``torch.bfloat16`` or ``"bfloat16"``); ``None`` means float32.
+        hf_model: an already-loaded HF causal LM to wrap instead of loading one. It is moved to
+            ``device``/``dtype`` when those are given, and compatibility mode rewrites its weights in place.
+        tokenizer: the tokenizer to use (required with ``hf_model`` unless it is loadable from
+            ``name_or_path``).
+        compat: call ``enable_compatibility_mode()`` (HookedTransformer-equivalent weights and hook
+            aliases). For RMSNorm models such as Qwen the residual stream is unchanged by it.
+
+    Raises:
+        FileNotFoundError: a local path that does not exist or holds no ``config.json``.
+        UnsupportedArchitectureError: an architecture TransformerLens has no adapter for.
+    """
+    name = str(name_or_path)
+    torch_dtype = resolve_dtype(dtype)
+    torch_device = resolve_device(device)
+    if hf_model is not None:
+        _check_architecture(hf_model.config, f"hf_model for {name!r}")
+        hf_model = hf_model.to(device=torch_device, dtype=torch_dtype if dtype is not None else None).eval()
+    else:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            _check_architecture(_local_config(path), str(path))
+            name = str(path)
+        elif path.exists() or _looks_like_path(name):
+            raise FileNotFoundError(f"model directory {name!r} does not exist")
+    try:
+        model = TransformerBridge.boot_transformers(
+            name, device=torch_device, dtype=torch_dtype, hf_model=hf_model, tokenizer=tokenizer
+        )
+    except ValueError as error:
+        if "Could not determine supported architecture" in str(error):
+            raise UnsupportedArchitectureError(f"{name}: {error}") from None
+        raise
+    if compat:
+        model.enable_compatibility_mode(disable_warnings=True)
+    return model.eval()
