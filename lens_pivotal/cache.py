@@ -44,7 +44,7 @@ class Layout:
 
 @dataclass(frozen=True)
 class Rows:
-    """The tokenized inputs and, per text, the resolved (non-negative) positions to keep."""
+    """Per text, the tokens up to its last kept position and the resolved (non-negative) positions to keep."""
 
     tokens: list[Tensor]
     positions: list[list[int]]
@@ -137,6 +137,9 @@ def _prepare_rows(model: TransformerBridge, texts: object, positions: object) ->
         raise ValueError(f"texts and positions differ in length: {len(texts)} texts, {len(positions)} positions")
     tokens = [_tokenize(model, text, index) for index, text in enumerate(texts)]
     resolved = [_resolve_positions(spec, len(ids), index) for index, (spec, ids) in enumerate(zip(positions, tokens))]
+    if getattr(model.cfg, "attention_dir", "causal") == "causal":
+        # A causal model's state at position p never depends on later tokens, so they are not computed.
+        tokens = [ids[: max(kept) + 1] for ids, kept in zip(tokens, resolved)]
     return Rows(tokens, resolved)
 
 

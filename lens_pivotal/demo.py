@@ -14,9 +14,9 @@ from lens_pivotal.lens import logit_lens
 
 DEMO_PROMPTS = (
     "The capital of France is",
-    "2 + 2 =",
     "The opposite of hot is",
-    "Monday, Tuesday,",
+    "One, two, three,",
+    "The Eiffel Tower is in the city of",
 )
 
 
@@ -34,13 +34,14 @@ def logit_lens_table(
 
 
 def format_table(prompts: list[str], table: list[list[tuple[str, float]]], width: int = 18) -> str:
-    """A fixed-width text table: one row per layer, one column per prompt."""
+    """A fixed-width text table: one row per layer, one column per prompt, the prompts listed above it."""
     def cell(text: str) -> str:
         text = text if len(text) <= width else text[: width - 1] + "…"
         return text.ljust(width)
 
-    header = "layer  " + " ".join(cell(prompt) for prompt in prompts)
-    lines = [header, "-" * len(header)]
+    legend = [f"[{number}] {prompt!r}" for number, prompt in enumerate(prompts, start=1)]
+    header = "layer  " + " ".join(cell(f"[{number}]") for number in range(1, len(prompts) + 1))
+    lines = [*legend, "", header, "-" * len(header)]
     for layer, row in enumerate(table):
         cells = " ".join(cell(f"{token!r} {prob:.2f}") for token, prob in row)
         lines.append(f"{layer:>5}  {cells}")

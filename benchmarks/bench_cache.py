@@ -1,0 +1,145 @@
+"""cache_resid_post against a Hugging Face forward with output_hidden_states=True.
+
+Both sides get the same model weights and the same padded batches (texts sorted by length, as ours does)
+and return the same rows: every block's output at the requested positions, on the CPU. They run in
+alternation in one process; the ratio reported is the median of per-round ratios.
+
+    python benchmarks/bench_cache.py                                   # Qwen3-0.6B architecture, random weights, CPU
+    python benchmarks/bench_cache.py --device cuda --dtype bfloat16 --n-texts 1024 --seq-len 512
+    python benchmarks/bench_cache.py --model Qwen/Qwen3-0.6B --device cuda --dtype bfloat16   # real weights, online
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import MEASURED_BF16_PEAK_FLOPS, alternate, machine_description, today  # noqa: E402
+
+import lens_pivotal as lp  # noqa: E402
+from lens_pivotal.model import resolve_device, resolve_dtype  # noqa: E402
+
+RANDOM_QWEN3 = "qwen3-0.6b-random"
+
+
+def build_models(name: str, device: torch.device, dtype: torch.dtype):
+    """(our TransformerLens model, an independent HF model with the same weights)."""
+    from transformers import AutoModelForCausalLM
+
+    if name == RANDOM_QWEN3:
+        from lens_pivotal.testing import random_qwen3_0_6b
+
+        hf_model, tokenizer = random_qwen3_0_6b(dtype=dtype, device=device)
+        baseline = copy.deepcopy(hf_model)
+        return lp.load_model(RANDOM_QWEN3, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype), baseline
+    if name == "embedded":
+        from lens_pivotal.embedded import embedded_model_dir
+
+        name = str(embedded_model_dir())
+    baseline = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
+    return lp.load_model(name, device=device, dtype=dtype), baseline
+
+
+def make_inputs(vocab: int, n_texts: int, seq_len: int, positions_per_text: int, seed: int):
+    """Random token texts with lengths between seq_len/2 and seq_len, and positions in each.
+
+    Every text keeps its last token among its positions, so no text can be shortened: the ratio measures
+    the forward pass itself, not the truncation cache_resid_post does when later tokens are not needed.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(seq_len // 2, seq_len + 1, (n_texts,), generator=generator).tolist()
+    texts = [torch.randint(0, vocab, (length,), generator=generator) for length in lengths]
+    positions = [
+        sorted(torch.randperm(length - 1, generator=generator)[: positions_per_text - 1].tolist()) + [length - 1]
+        for length in lengths
+    ]
+    return texts, positions
+
+
+def hf_hidden_rows(baseline, texts, positions, batch_size: int, device: torch.device) -> torch.Tensor:
+    """The same rows through a plain HF forward (full model, every hidden state returned)."""
+    n_layers = baseline.config.num_hidden_layers
+    offsets = [0]
+    for kept in positions:
+        offsets.append(offsets[-1] + len(kept))
+    result = torch.empty(n_layers, offsets[-1], baseline.config.hidden_size)
+    order = sorted(range(len(texts)), key=lambda index: len(texts[index]), reverse=True)
+    last_block = {}
+    handle = baseline.model.layers[-1].register_forward_hook(
+        lambda module, args, output: last_block.update(out=output[0] if isinstance(output, tuple) else output)
+    )
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            width = max(len(texts[index]) for index in batch)
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            mask = torch.zeros(len(batch), width, dtype=torch.long)
+            for row, index in enumerate(batch):
+                ids[row, : len(texts[index])] = texts[index]
+                mask[row, : len(texts[index])] = 1
+            with torch.inference_mode():
+                states = baseline(ids.to(device), attention_mask=mask.to(device), output_hidden_states=True).hidden_states
+            blocks = [*states[1:-1], last_block["out"]]
+            for row, index in enumerate(batch):
+                rows = slice(offsets[index], offsets[index + 1])
+                result[:, rows] = torch.stack([state[row, positions[index]] for state in blocks]).float().cpu()
+    finally:
+        handle.remove()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=RANDOM_QWEN3, help=f"{RANDOM_QWEN3} (default), embedded, a hub id or a directory")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--n-texts", type=int, default=64)
+    parser.add_argument("--seq-len", type=int, default=128, help="longest text; lengths are uniform in [seq_len/2, seq_len]")
+    parser.add_argument("--positions-per-text", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    model, baseline = build_models(args.model, device, dtype)
+    texts, positions = make_inputs(model.cfg.d_vocab, args.n_texts, args.seq_len, args.positions_per_text, seed=0)
+    n_tokens = sum(len(text) for text in texts)
+
+    ours = lp.cache_resid_post(model, texts, positions, batch_size=args.batch_size, progress=False)
+    theirs = hf_hidden_rows(baseline, texts, positions, args.batch_size, device)
+    max_diff = (ours - theirs).abs().max().item()
+
+    timings = alternate(
+        {
+            "hf": lambda: hf_hidden_rows(baseline, texts, positions, args.batch_size, device),
+            "ours": lambda: lp.cache_resid_post(model, texts, positions, batch_size=args.batch_size, progress=False),
+        },
+        repeats=args.repeats,
+        device=device,
+    )
+    ratio = timings.ratio("hf", "ours")
+    ours_tps = n_tokens / timings.median("ours")
+    hf_tps = n_tokens / timings.median("hf")
+    block_params = sum(p.numel() for p in baseline.model.layers.parameters())
+    flops_per_token = 2 * block_params
+    print(f"machine: {machine_description(device)}")
+    print(f"model: {args.model} ({model.cfg.n_layers} blocks, d_model {model.cfg.d_model}), dtype {dtype}, date {today()}")
+    print(f"inputs: {args.n_texts} texts, {n_tokens} tokens, lengths {args.seq_len // 2}-{args.seq_len}, "
+          f"{args.positions_per_text} positions each, batch {args.batch_size}, {args.repeats} rounds")
+    print(f"max |ours - hf| over all rows and blocks: {max_diff:.2e}")
+    print(f"hf forward (output_hidden_states): {timings.median('hf'):.3f} s  {hf_tps:,.0f} tok/s")
+    print(f"cache_resid_post:                  {timings.median('ours'):.3f} s  {ours_tps:,.0f} tok/s")
+    print(f"speed-up (median of per-round hf/ours): {ratio:.2f}x")
+    if device.type == "cuda":
+        fraction = ours_tps * flops_per_token / MEASURED_BF16_PEAK_FLOPS
+        print(f"block FLOPs {flops_per_token / 1e9:.2f} GFLOP/token -> {fraction:.1%} of the measured bf16 peak "
+              f"({MEASURED_BF16_PEAK_FLOPS / 1e12:.0f} TFLOP/s)")
+
+
+if __name__ == "__main__":
+    main()

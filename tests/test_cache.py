@@ -1,0 +1,206 @@
+"""cache_resid_post: parity with Hugging Face hidden states, layouts, early stopping, the store, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import lens_pivotal as lp
+from lens_pivotal import cache as cache_module
+from lens_pivotal.store import ResidStore, StoreMismatchError, StoreWriter
+from lens_pivotal.testing import tiny_llama_dir, tiny_qwen_dir
+
+TEXTS = [
+    "The capital of France is Paris.",
+    "2 + 2 =",
+    "A much longer text, so that padding matters: one, two, three, four, five, six.",
+    "Hi",
+]
+POSITIONS = [[0, -1], -1, [3, 7, -2], 0]
+
+
+def hf_states(reference, ids: torch.Tensor) -> list[torch.Tensor]:
+    """HF hidden states with the last one replaced by the last block's own output (before the final norm)."""
+    captured = {}
+
+    def grab(module, inputs, output):
+        captured["last"] = output[0] if isinstance(output, tuple) else output
+
+    handle = reference.model.layers[-1].register_forward_hook(grab)
+    try:
+        with torch.no_grad():
+            states = list(reference(ids, output_hidden_states=True).hidden_states)
+    finally:
+        handle.remove()
+    states[-1] = captured["last"]
+    return [state[0] for state in states]
+
+
+def expected_rows(model, reference, texts, positions) -> torch.Tensor:
+    """[n_layers + 1, n_rows, d_model] from one unpadded HF forward per text."""
+    rows = []
+    for text, spec in zip(texts, positions):
+        ids = model.to_tokens(text) if isinstance(text, str) else text.unsqueeze(0)
+        states = hf_states(reference, ids)
+        for position in [spec] if isinstance(spec, int) else spec:
+            rows.append(torch.stack([state[position] for state in states]))
+    return torch.stack(rows, dim=1)
+
+
+@pytest.fixture(scope="module", params=["qwen3", "qwen2", "llama"])
+def model_and_reference(request):
+    directory = tiny_llama_dir() if request.param == "llama" else tiny_qwen_dir(request.param)
+    reference = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager").eval()
+    return lp.load_model(directory, device="cpu"), reference
+
+
+@pytest.fixture(scope="module")
+def qwen3():
+    return lp.load_model(tiny_qwen_dir("qwen3"), device="cpu")
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_matches_hf_hidden_states_for_mixed_lengths(model_and_reference, padding_side):
+    model, reference = model_and_reference
+    acts = lp.cache_resid_post(
+        model, TEXTS, POSITIONS, embeddings=True, batch_size=3, padding_side=padding_side, progress=False
+    )
+    expected = expected_rows(model, reference, TEXTS, POSITIONS)
+    assert acts.shape == (model.cfg.n_layers + 1, 7, model.cfg.d_model)
+    torch.testing.assert_close(acts, expected, atol=1e-4, rtol=0)
+
+
+def test_bos_follows_the_model_and_token_inputs_are_used_as_given(model_and_reference):
+    model, reference = model_and_reference
+    bos = model.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    plain = model.tokenizer("The capital of France is", return_tensors="pt", add_special_tokens=False).input_ids[0]
+    with_bos = torch.cat([torch.tensor([bos]), plain])
+    texts = [plain, with_bos]
+    acts = lp.cache_resid_post(model, texts, [-1, -1], embeddings=True, progress=False)
+    torch.testing.assert_close(acts, expected_rows(model, reference, texts, [-1, -1]), atol=1e-4, rtol=0)
+    assert not torch.allclose(acts[-1, 0], acts[-1, 1]), "a BOS token must change the last position's state"
+    string_tokens = model.to_tokens("The capital of France is")[0]
+    assert (string_tokens[0] == bos) == bool(model.cfg.default_prepend_bos)
+
+
+def test_layer_subset_is_in_requested_order(qwen3):
+    full = lp.cache_resid_post(qwen3, TEXTS, POSITIONS, progress=False)
+    subset = lp.cache_resid_post(qwen3, TEXTS, POSITIONS, layers=[2, 0, -2], progress=False)
+    torch.testing.assert_close(subset, full[[2, 0, 1]], atol=0, rtol=0)
+
+
+def test_stops_after_the_deepest_requested_block(qwen3):
+    fired = []
+    hooks = [("blocks.1.hook_resid_pre", lambda t, hook: fired.append(hook.name)), ("ln_final.hook_normalized", lambda t, hook: fired.append(hook.name))]
+    with qwen3.hooks(fwd_hooks=hooks):
+        lp.cache_resid_post(qwen3, TEXTS, POSITIONS, layers=[0], progress=False)
+    assert fired == []
+    assert len(qwen3.blocks[1].hook_resid_pre.fwd_hooks) == 0, "our hooks must be removed afterwards"
+
+
+def test_composes_with_a_user_hook(qwen3):
+    def ablate(resid, hook):
+        return torch.zeros_like(resid)
+
+    clean = lp.cache_resid_post(qwen3, TEXTS, POSITIONS, layers=[0, 1], progress=False)
+    with qwen3.hooks(fwd_hooks=[("blocks.0.hook_resid_post", ablate)]):
+        ablated = lp.cache_resid_post(qwen3, TEXTS, POSITIONS, layers=[0, 1], progress=False)
+    assert torch.count_nonzero(ablated[0]) == 0
+    assert not torch.allclose(ablated[1], clean[1])
+
+
+def test_batch_size_and_dtype_do_not_change_rows(qwen3):
+    one = lp.cache_resid_post(qwen3, TEXTS, POSITIONS, batch_size=1, progress=False)
+    many = lp.cache_resid_post(qwen3, TEXTS, POSITIONS, batch_size=16, dtype=torch.float16, progress=False)
+    assert many.dtype == torch.float16
+    torch.testing.assert_close(many.float(), one, atol=2e-2, rtol=1e-2)
+
+
+def test_store_matches_memory_and_reopens_without_computing(qwen3, tmp_path, monkeypatch):
+    in_memory = lp.cache_resid_post(qwen3, TEXTS, POSITIONS, embeddings=True, progress=False)
+    store = lp.cache_resid_post(qwen3, TEXTS, POSITIONS, embeddings=True, out=tmp_path / "s", shard_texts=3, progress=False)
+    assert isinstance(store, ResidStore) and store.complete and len(store) == 7
+    # shards batch texts differently, which moves float32 sums by rounding only
+    torch.testing.assert_close(store.load(), in_memory, atol=1e-5, rtol=0)
+    torch.testing.assert_close(store.layer(2), store.load()[2], atol=0, rtol=0)
+    assert store.text_index.tolist() == [0, 0, 1, 2, 2, 2, 3]
+    assert store.positions[-1].item() == 0
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["hook_names"][0] == "blocks.0.hook_resid_pre" and manifest["n_rows"] == 7
+    assert manifest["model_name"] == qwen3.cfg.model_name and manifest["dtype"] == "float32"
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("a finished store must not be recomputed")
+
+    monkeypatch.setattr(cache_module._BatchRunner, "batch", no_compute)
+    reopened = lp.cache_resid_post(qwen3, TEXTS, POSITIONS, embeddings=True, out=tmp_path / "s", shard_texts=3, progress=False)
+    torch.testing.assert_close(reopened.load(), store.load(), atol=0, rtol=0)
+
+
+def test_store_resumes_after_an_interrupt(qwen3, tmp_path, monkeypatch):
+    texts, positions = TEXTS * 3, POSITIONS * 3
+    in_memory = lp.cache_resid_post(qwen3, texts, positions, progress=False)
+    real_write = StoreWriter.write_shard
+    calls = {"n": 0}
+
+    def crash_on_third(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        real_write(self, *args)
+
+    monkeypatch.setattr(StoreWriter, "write_shard", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        lp.cache_resid_post(qwen3, texts, positions, out=tmp_path / "s", shard_texts=2, progress=False)
+    partial = ResidStore.open(tmp_path / "s")
+    assert not partial.complete and len(partial.manifest["shards"]) == 2
+    monkeypatch.setattr(StoreWriter, "write_shard", real_write)
+    store = lp.cache_resid_post(qwen3, texts, positions, out=tmp_path / "s", shard_texts=2, progress=False)
+    assert store.complete and len(store.manifest["shards"]) == 6
+    torch.testing.assert_close(store.load(), in_memory, atol=1e-5, rtol=0)
+    expected_index = [i for i, spec in enumerate(positions) for _ in ([spec] if isinstance(spec, int) else spec)]
+    assert store.text_index.tolist() == expected_index
+    assert not [p for p in (tmp_path / "s").iterdir() if p.name.startswith(".")], "no temporary files left"
+
+
+def test_store_refuses_other_inputs(qwen3, tmp_path):
+    lp.cache_resid_post(qwen3, TEXTS, POSITIONS, out=tmp_path / "s", progress=False)
+    with pytest.raises(StoreMismatchError, match="other inputs"):
+        lp.cache_resid_post(qwen3, TEXTS, POSITIONS, layers=[0], out=tmp_path / "s", progress=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        lp.cache_resid_post(qwen3, TEXTS, POSITIONS, out=tmp_path / "other", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("texts", "positions", "kwargs", "error", "message"),
+    [
+        (["Hi"], [5], {}, IndexError, r"position 5 is out of range for text 0, which has \d+ tokens"),
+        (["Hi", "Hello there"], [0, -40], {}, IndexError, "for text 1"),
+        ([], [], {}, ValueError, "texts is empty"),
+        (["a", "b"], [0], {}, ValueError, "2 texts, 1 positions"),
+        (["a"], [[]], {}, TypeError, r"positions\[0\] must be an int or a non-empty list"),
+        (["a"], ["0"], {}, TypeError, r"positions\[0\]"),
+        (["a"], [0.5], {}, TypeError, r"positions\[0\]"),
+        ("a single string", [0], {}, TypeError, "wrap a single text in a list"),
+        ([torch.tensor([], dtype=torch.long)], [0], {}, ValueError, "text 0 has no tokens"),
+        ([torch.ones(3)], [0], {}, ValueError, "1-D integer ids"),
+        (["a"], [0], {"layers": [3]}, IndexError, "layer 3 is out of range: the model has 3 blocks"),
+        (["a"], [0], {"layers": [0, 0]}, ValueError, "repeats"),
+        (["a"], [0], {"padding_side": "middle"}, ValueError, "padding_side"),
+        (["a"], [0], {"batch_size": 0}, ValueError, "batch_size"),
+    ],
+)
+def test_bad_input_errors(qwen3, texts, positions, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        lp.cache_resid_post(qwen3, texts, positions, progress=False, **kwargs)
+
+
+def test_bad_input_writes_nothing(qwen3, tmp_path):
+    with pytest.raises(IndexError):
+        lp.cache_resid_post(qwen3, ["Hi"], [9], out=tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()

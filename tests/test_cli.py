@@ -1,0 +1,80 @@
+"""The lens-pivotal command line: help on every subcommand, demo, cache, and its error messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lens_pivotal.cli import build_parser, main
+from lens_pivotal.store import ResidStore
+from lens_pivotal.testing import tiny_qwen_dir
+
+
+def subcommands(parser) -> list[list[str]]:
+    """Every path of subcommand names, e.g. [["demo"], ["cache"]]."""
+    paths = []
+    for action in parser._subparsers._group_actions:
+        for name, sub in action.choices.items():
+            paths.append([name])
+            if sub._subparsers is not None:
+                paths += [[name, *rest] for rest in subcommands(sub)]
+    return paths
+
+
+@pytest.mark.parametrize("path", [[]] + subcommands(build_parser()), ids=lambda p: " ".join(p) or "top")
+def test_help_of_every_subcommand(path):
+    result = subprocess.run([sys.executable, "-m", "lens_pivotal.cli", *path, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "usage: lens-pivotal" in result.stdout
+
+
+def test_cache_writes_a_store_from_jsonl(tmp_path, capsys):
+    data = tmp_path / "texts.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in [{"text": "Hello there", "positions": [0, -1]}, {"text": "Bye"}]))
+    code = main(["cache", str(data), "--model", str(tiny_qwen_dir("qwen3")), "--out", str(tmp_path / "s"), "--layers", "0,2"])
+    assert code == 0
+    store = ResidStore.open(tmp_path / "s")
+    assert store.complete and len(store) == 3 and store.hook_names == ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
+    assert "ResidStore" in capsys.readouterr().out
+
+
+def test_cache_reads_txt_with_default_positions(tmp_path):
+    data = tmp_path / "texts.txt"
+    data.write_text("first text\n\nsecond text here\n")
+    assert main(["cache", str(data), "--model", str(tiny_qwen_dir("qwen3")), "--out", str(tmp_path / "s"), "--positions", "0,-1"]) == 0
+    assert len(ResidStore.open(tmp_path / "s")) == 4
+
+
+def test_cache_names_the_bad_line(tmp_path):
+    data = tmp_path / "texts.jsonl"
+    data.write_text('{"text": "ok"}\n{not json}\n')
+    with pytest.raises(SystemExit, match=r"texts.jsonl:2 is not JSON"):
+        main(["cache", str(data), "--model", str(tiny_qwen_dir("qwen3")), "--out", str(tmp_path / "s")])
+    data.write_text('{"text": "ok"}\n{"txt": "typo"}\n')
+    with pytest.raises(SystemExit, match=r"texts.jsonl:2 has no string field 'text'"):
+        main(["cache", str(data), "--model", str(tiny_qwen_dir("qwen3")), "--out", str(tmp_path / "s")])
+
+
+def test_cache_reports_a_position_error_without_a_traceback(tmp_path, capsys):
+    data = tmp_path / "texts.jsonl"
+    data.write_text('{"text": "Hi", "positions": [50]}\n')
+    code = main(["cache", str(data), "--model", str(tiny_qwen_dir("qwen3")), "--out", str(tmp_path / "s")])
+    assert code == 2
+    assert "position 50 is out of range for text 0" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_demo_prints_a_logit_lens_table(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "lens_pivotal.cli", "demo", "--out", str(tmp_path / "demo")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "The capital of France is" in result.stdout
+    last_row = [line for line in result.stdout.splitlines() if line.strip().startswith("29 ")][0]
+    assert "' Paris'" in last_row
+    records = json.loads((tmp_path / "demo" / "logit_lens.json").read_text())
+    assert len(records) == 30 * 4
