@@ -84,10 +84,11 @@ def hf_hidden_rows(baseline, texts, positions, batch_size: int, device: torch.de
                 mask[row, : len(texts[index])] = 1
             with torch.inference_mode():
                 states = baseline(ids.to(device), attention_mask=mask.to(device), output_hidden_states=True).hidden_states
-            blocks = [*states[1:-1], last_block["out"]]
-            for row, index in enumerate(batch):
-                rows = slice(offsets[index], offsets[index + 1])
-                result[:, rows] = torch.stack([state[row, positions[index]] for state in blocks]).float().cpu()
+            blocks = torch.stack([*states[1:-1], last_block["out"]])
+            batch_rows = torch.tensor([row for row, index in enumerate(batch) for _ in positions[index]], device=device)
+            batch_positions = torch.tensor([p for index in batch for p in positions[index]], device=device)
+            destination = torch.tensor([offsets[index] + k for index in batch for k in range(len(positions[index]))])
+            result[:, destination] = blocks[:, batch_rows, batch_positions].float().cpu()
     finally:
         handle.remove()
     return result

@@ -50,11 +50,39 @@ def expected_rows(model, reference, texts, positions) -> torch.Tensor:
     return torch.stack(rows, dim=1)
 
 
-@pytest.fixture(scope="module", params=["qwen3", "qwen2", "llama"])
+def model_directory(arch: str):
+    if arch == "embedded":
+        from lens_pivotal.embedded import embedded_model_dir
+
+        return embedded_model_dir()
+    return tiny_llama_dir() if arch == "llama" else tiny_qwen_dir(arch)
+
+
+def assert_rows_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Max abs diff ≤ 1e-4 per layer, or 1e-5 of the layer's largest value where that is larger.
+
+    SmolLM2 keeps residual entries near 25,000 (attention-sink tokens), where one float32 rounding step is
+    already 0.002; folding norms into weights and batching reorder sums, so a fixed 1e-4 cannot hold there.
+    """
+    scale = expected.abs().amax(dim=(1, 2))
+    for layer, (got, want) in enumerate(zip(actual, expected)):
+        atol = max(1e-4, 1e-5 * scale[layer].item())
+        assert (got - want).abs().max().item() <= atol, f"layer slot {layer}: diff above {atol:g}"
+
+
+@pytest.fixture(scope="module", params=["qwen3", "qwen2", "llama", pytest.param("embedded", marks=pytest.mark.slow)])
 def model_and_reference(request):
-    directory = tiny_llama_dir() if request.param == "llama" else tiny_qwen_dir(request.param)
-    reference = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager").eval()
+    """Our model and an independent HF copy of it; the copy's attention kernel follows the test's choice."""
+    directory = model_directory(request.param)
+    reference = AutoModelForCausalLM.from_pretrained(directory).eval()
     return lp.load_model(directory, device="cpu"), reference
+
+
+@pytest.fixture(params=[True, False], ids=["sdpa", "bridge-eager"])
+def fast_attention(request, model_and_reference):
+    _, reference = model_and_reference
+    reference.config._attn_implementation = "sdpa" if request.param else "eager"
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -63,24 +91,25 @@ def qwen3():
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
-def test_matches_hf_hidden_states_for_mixed_lengths(model_and_reference, padding_side):
+def test_matches_hf_hidden_states_for_mixed_lengths(model_and_reference, fast_attention, padding_side):
     model, reference = model_and_reference
     acts = lp.cache_resid_post(
-        model, TEXTS, POSITIONS, embeddings=True, batch_size=3, padding_side=padding_side, progress=False
+        model, TEXTS, POSITIONS, embeddings=True, batch_size=3, padding_side=padding_side,
+        fast_attention=fast_attention, progress=False,
     )
     expected = expected_rows(model, reference, TEXTS, POSITIONS)
     assert acts.shape == (model.cfg.n_layers + 1, 7, model.cfg.d_model)
-    torch.testing.assert_close(acts, expected, atol=1e-4, rtol=0)
+    assert_rows_close(acts, expected)
 
 
-def test_bos_follows_the_model_and_token_inputs_are_used_as_given(model_and_reference):
+def test_bos_follows_the_model_and_token_inputs_are_used_as_given(model_and_reference, fast_attention):
     model, reference = model_and_reference
-    bos = model.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    bos = model.tokenizer.bos_token_id if model.tokenizer.bos_token_id is not None else model.tokenizer.pad_token_id
     plain = model.tokenizer("The capital of France is", return_tensors="pt", add_special_tokens=False).input_ids[0]
     with_bos = torch.cat([torch.tensor([bos]), plain])
     texts = [plain, with_bos]
-    acts = lp.cache_resid_post(model, texts, [-1, -1], embeddings=True, progress=False)
-    torch.testing.assert_close(acts, expected_rows(model, reference, texts, [-1, -1]), atol=1e-4, rtol=0)
+    acts = lp.cache_resid_post(model, texts, [-1, -1], embeddings=True, fast_attention=fast_attention, progress=False)
+    assert_rows_close(acts, expected_rows(model, reference, texts, [-1, -1]))
     assert not torch.allclose(acts[-1, 0], acts[-1, 1]), "a BOS token must change the last position's state"
     string_tokens = model.to_tokens("The capital of France is")[0]
     assert (string_tokens[0] == bos) == bool(model.cfg.default_prepend_bos)
