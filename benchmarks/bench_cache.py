@@ -119,6 +119,9 @@ def main() -> None:
         {
             "hf": lambda: hf_hidden_rows(baseline, texts, positions, args.batch_size, device),
             "ours": lambda: lp.cache_resid_post(model, texts, positions, batch_size=args.batch_size, progress=False),
+            "ours_eager": lambda: lp.cache_resid_post(
+                model, texts, positions, batch_size=args.batch_size, fast_path=False, progress=False
+            ),
         },
         repeats=args.repeats,
         device=device,
@@ -135,6 +138,8 @@ def main() -> None:
     print(f"max |ours - hf| over all rows and blocks: {max_diff:.2e}")
     print(f"hf forward (output_hidden_states): {timings.median('hf'):.3f} s  {hf_tps:,.0f} tok/s")
     print(f"cache_resid_post:                  {timings.median('ours'):.3f} s  {ours_tps:,.0f} tok/s")
+    print(f"  same, fast_path=False (bridge):  {timings.median('ours_eager'):.3f} s  "
+          f"{n_tokens / timings.median('ours_eager'):,.0f} tok/s  ({timings.ratio('hf', 'ours_eager'):.2f}x)")
     print(f"speed-up (median of per-round hf/ours): {ratio:.2f}x")
     if device.type == "cuda":
         fraction = ours_tps * flops_per_token / MEASURED_BF16_PEAK_FLOPS

@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from lens_pivotal.attention import sdpa_attention
+from lens_pivotal.fastpath import hf_fast_path
 from lens_pivotal.model import EMBEDDING_HOOK, resid_post_hook
 from lens_pivotal.store import ResidStore, StoreWriter
 
@@ -76,7 +76,7 @@ def cache_resid_post(
     padding_side: str = "right",
     out: str | os.PathLike | None = None,
     shard_texts: int = 512,
-    fast_attention: bool = True,
+    fast_path: bool = True,
     progress: bool = True,
 ) -> Float[Tensor, "n_layers n_rows d_model"] | ResidStore:
     """Residual stream after each requested block, at the requested token positions.
@@ -95,8 +95,8 @@ def cache_resid_post(
         out: a directory for an on-disk store (safetensors shards + ``manifest.json``). A rerun with the
             same inputs resumes an interrupted store, and a finished one is reopened without computing.
         shard_texts: texts per shard when writing to ``out``; peak memory is bounded by one shard.
-        fast_attention: run attention through HF's SDPA kernels unless a hook is attached inside an
-            attention module (see :mod:`lens_pivotal.attention`); ``False`` keeps the bridge's eager path.
+        fast_path: run hook-free attention (as SDPA), MLPs and norms through the HF modules the bridge
+            wraps (see :mod:`lens_pivotal.fastpath`); ``False`` keeps the bridge's own eager path.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -110,7 +110,7 @@ def cache_resid_post(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     run = _BatchRunner(model, layout, dtype, padding_side)
-    kernels = sdpa_attention(model) if fast_attention else contextlib.nullcontext()
+    kernels = hf_fast_path(model) if fast_path else contextlib.nullcontext()
     if out is None:
         with kernels, _progress_bar(len(rows.tokens), progress) as bar:
             return run.chunk(rows, range(len(rows.tokens)), batch_size, bar.update)

@@ -79,7 +79,7 @@ def model_and_reference(request):
 
 
 @pytest.fixture(params=[True, False], ids=["sdpa", "bridge-eager"])
-def fast_attention(request, model_and_reference):
+def fast_path(request, model_and_reference):
     _, reference = model_and_reference
     reference.config._attn_implementation = "sdpa" if request.param else "eager"
     return request.param
@@ -91,24 +91,24 @@ def qwen3():
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
-def test_matches_hf_hidden_states_for_mixed_lengths(model_and_reference, fast_attention, padding_side):
+def test_matches_hf_hidden_states_for_mixed_lengths(model_and_reference, fast_path, padding_side):
     model, reference = model_and_reference
     acts = lp.cache_resid_post(
         model, TEXTS, POSITIONS, embeddings=True, batch_size=3, padding_side=padding_side,
-        fast_attention=fast_attention, progress=False,
+        fast_path=fast_path, progress=False,
     )
     expected = expected_rows(model, reference, TEXTS, POSITIONS)
     assert acts.shape == (model.cfg.n_layers + 1, 7, model.cfg.d_model)
     assert_rows_close(acts, expected)
 
 
-def test_bos_follows_the_model_and_token_inputs_are_used_as_given(model_and_reference, fast_attention):
+def test_bos_follows_the_model_and_token_inputs_are_used_as_given(model_and_reference, fast_path):
     model, reference = model_and_reference
     bos = model.tokenizer.bos_token_id if model.tokenizer.bos_token_id is not None else model.tokenizer.pad_token_id
     plain = model.tokenizer("The capital of France is", return_tensors="pt", add_special_tokens=False).input_ids[0]
     with_bos = torch.cat([torch.tensor([bos]), plain])
     texts = [plain, with_bos]
-    acts = lp.cache_resid_post(model, texts, [-1, -1], embeddings=True, fast_attention=fast_attention, progress=False)
+    acts = lp.cache_resid_post(model, texts, [-1, -1], embeddings=True, fast_path=fast_path, progress=False)
     assert_rows_close(acts, expected_rows(model, reference, texts, [-1, -1]))
     assert not torch.allclose(acts[-1, 0], acts[-1, 1]), "a BOS token must change the last position's state"
     string_tokens = model.to_tokens("The capital of France is")[0]
