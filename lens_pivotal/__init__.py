@@ -11,10 +11,29 @@ from lens_pivotal.cache import cache_resid_post
 from lens_pivotal.embedded import embedded_model
 from lens_pivotal.lens import logit_lens
 from lens_pivotal.model import UnsupportedArchitectureError, load_model, resid_post_hook
+from lens_pivotal.patchscope import (
+    IDENTITY_PROMPT,
+    Patchscope,
+    attribute_extraction,
+    entity_description,
+    next_token_decoding,
+    patch_hook,
+    patchscope,
+)
+from lens_pivotal.pts import load_pts, search_pivotal_tokens
 from lens_pivotal.store import ResidStore
 
 __all__ = [
+    "IDENTITY_PROMPT",
+    "Patchscope",
     "ResidStore",
+    "attribute_extraction",
+    "entity_description",
+    "load_pts",
+    "next_token_decoding",
+    "patch_hook",
+    "patchscope",
+    "search_pivotal_tokens",
     "UnsupportedArchitectureError",
     "cache_resid_post",
     "embedded_model",

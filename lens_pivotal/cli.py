@@ -59,10 +59,13 @@ def _read_inputs(path: Path, text_field: str, positions_field: str, default_posi
 def _cmd_demo(args: argparse.Namespace) -> int:
     from lens_pivotal.demo import run_demo
 
+    from lens_pivotal.patchscope.demo import decoding_demo
+
     model = _load(args)
     print(f"Logit lens of {model.cfg.model_name} ({model.cfg.n_layers} blocks): top next token at the last position")
     print(run_demo(model, args.out))
-    print(f"\nwrote {args.out}/logit_lens.txt and logit_lens.json")
+    print(f"\nwrote {args.out}/logit_lens.txt and logit_lens.json\n")
+    print(decoding_demo(model, args.out))
     return 0
 
 
@@ -103,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--batch-size", type=int, default=16, help="texts per forward pass (default: 16)")
     cache.add_argument("--store-dtype", default="float32", help="dtype of stored activations (default: float32)")
     cache.set_defaults(func=_cmd_cache)
+
+    from lens_pivotal.patchscope.cli import register as register_patchscope
+    from lens_pivotal.pts.cli import register as register_pts
+
+    register_patchscope(commands)
+    register_pts(commands)
     return parser
 
 

@@ -1,0 +1,138 @@
+"""``lens-pivotal pts search|show``: call :func:`register` from the main parser."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from lens_pivotal.pts.prompts import PROMPT_PRESETS
+from lens_pivotal.pts.search import SearchConfig
+
+DEFAULTS = SearchConfig()
+PROBLEM_SOURCES = "'arithmetic' (built-in generator), 'gsm8k' (online, through datasets) or a JSONL file of {question, answer}"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``pts`` command, with its ``search`` and ``show`` subcommands."""
+    pts = subparsers.add_parser("pts", help="Pivotal Token Search: find tokens that swing P(correct answer); inspect PTS files")
+    commands = pts.add_subparsers(dest="pts_command", required=True)
+    _add_search(commands)
+    show = commands.add_parser(
+        "show", help="summarise a PTS file: rows, problems, sign balance, prob_delta histogram",
+        description="Load a PTS JSONL/parquet file or hub id (v1 or v2 schema), validate it and print a summary.",
+    )
+    show.add_argument("source", help="a .jsonl or .parquet file, or a hub id such as codelion/Qwen3-0.6B-pts (online)")
+    show.add_argument("--lenient", action="store_true", help="skip invalid rows instead of stopping at the first")
+    show.add_argument("--bins", type=int, default=10, help="histogram bins over [-1, 1] (default: 10)")
+    show.set_defaults(func=_cmd_show)
+
+
+def _add_search(commands: argparse._SubParsersAction) -> None:
+    from lens_pivotal.cli import EMBEDDED, _add_model_arguments
+
+    search = commands.add_parser(
+        "search", help="run Pivotal Token Search on a model and write PTS v1 JSONL rows (resumable)",
+        description="Estimate P(success | prefix) by sampling, keep problems with baseline success in "
+        "[--min-prob, --max-prob], and bisect sampled solutions for single tokens that move it by at least "
+        "--prob-threshold. Rerunning with the same --out and settings resumes where it stopped.",
+    )
+    _add_model_arguments(search, EMBEDDED)
+    search.add_argument("--out", required=True, help="output JSONL (NAME.progress.jsonl is kept next to it)")
+    search.add_argument("--problems", default="arithmetic", help=f"{PROBLEM_SOURCES} (default: arithmetic)")
+    group = search.add_argument_group("built-in arithmetic problems")
+    group.add_argument("--n-problems", type=int, default=None,
+                       help="how many problems (default: 100 generated; all of gsm8k or of a JSONL file)")
+    group.add_argument("--n-operations", type=int, default=1, help="operations per problem (default: 1)")
+    group.add_argument("--operand-range", default="2,20", help="LOW,HIGH inclusive (default: 2,20)")
+    group.add_argument("--operations", default="+-*", help="any of + - * (default: +-*)")
+    group.add_argument("--problem-seed", type=int, default=0, help="generator seed (default: 0)")
+    search.add_argument("--gsm8k-split", default="test", help="GSM8K split (default: test)")
+    sampling = search.add_argument_group("search settings (defaults from codelion/pts)")
+    sampling.add_argument("--num-samples", type=int, default=DEFAULTS.num_samples)
+    sampling.add_argument("--prob-threshold", type=float, default=DEFAULTS.prob_threshold)
+    sampling.add_argument("--min-prob", type=float, default=DEFAULTS.min_prob)
+    sampling.add_argument("--max-prob", type=float, default=DEFAULTS.max_prob)
+    sampling.add_argument("--temperature", type=float, default=DEFAULTS.sampling.temperature)
+    sampling.add_argument("--top-p", type=float, default=DEFAULTS.sampling.top_p)
+    sampling.add_argument("--top-k", type=int, default=DEFAULTS.sampling.top_k)
+    sampling.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
+    sampling.add_argument("--solutions-per-problem", type=int, default=DEFAULTS.solutions_per_problem)
+    sampling.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    search.add_argument("--prompt", choices=sorted(PROMPT_PRESETS), default="plain",
+                        help="prompt preset; arithmetic-one-shot adds a worked example (default: plain)")
+    search.add_argument("--no-chat-template", action="store_true", help="plain text even if the tokenizer has a chat template")
+    search.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="rollout sampler (vllm must be installed)")
+    search.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    search.set_defaults(func=_cmd_search)
+
+
+def _operand_range(text: str) -> tuple[int, int]:
+    try:
+        low, high = (int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--operand-range must be LOW,HIGH (two integers), got {text!r}") from None
+    return low, high
+
+
+def _problems(args: argparse.Namespace) -> list[Any]:
+    from lens_pivotal.pts import problems
+
+    if args.problems == "arithmetic":
+        config = problems.ArithmeticConfig(
+            n_problems=args.n_problems or 100, n_operations=args.n_operations, operand_range=_operand_range(args.operand_range),
+            operations=tuple(args.operations), seed=args.problem_seed,
+        )
+        return problems.arithmetic_problems(config)
+    if args.problems == "gsm8k":
+        return problems.gsm8k_problems(args.gsm8k_split, limit=args.n_problems)
+    return problems.load_problems_jsonl(args.problems)[: args.n_problems]
+
+
+def _backend(args: argparse.Namespace, model: Any) -> Any:
+    if args.backend == "hf":
+        return None
+    from lens_pivotal.pts.rollouts import SamplingConfig, VLLMRollouts, stop_token_ids
+
+    path = args.model
+    if path == "embedded":
+        from lens_pivotal.embedded import embedded_model_dir
+
+        path = str(embedded_model_dir())
+    sampling = SamplingConfig(args.temperature, args.top_p, args.top_k)
+    # The TransformerLens model stays loaded for its tokenizer, so vLLM must not claim the whole GPU.
+    return VLLMRollouts(path, stop_token_ids(model.tokenizer, model.original_model), sampling, dtype=args.dtype or "auto",
+                        gpu_memory_utilization=0.6)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from lens_pivotal.cli import _load
+    from lens_pivotal.pts.search import search_pivotal_tokens
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    problems = _problems(args)
+    prompt = PROMPT_PRESETS[args.prompt]
+    if args.no_chat_template:
+        prompt = dataclasses.replace(prompt, chat_template=False)
+    model = _load(args)
+    rows = search_pivotal_tokens(
+        model, problems, num_samples=args.num_samples, prob_threshold=args.prob_threshold, min_prob=args.min_prob,
+        max_prob=args.max_prob, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens, seed=args.seed, solutions_per_problem=args.solutions_per_problem,
+        prompt=prompt, backend=_backend(args, model), out=args.out,
+    )
+    found = sum(1 for _ in rows)
+    print(f"{found} new pivotal tokens from {len(problems)} problems; all rows are in {args.out}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from lens_pivotal.pts.schema import load_pts
+    from lens_pivotal.pts.summary import summarize
+
+    print(summarize(load_pts(args.source, strict=not args.lenient), bins=args.bins))
+    return 0

@@ -1,0 +1,106 @@
+"""Resumable JSONL output of a search: the rows file plus a ``.progress.jsonl`` record of finished problems.
+
+A problem's rows are appended only once the problem is finished, and then its progress record. On restart,
+rows of a problem without a record (killed between the two writes) and a torn last line are removed, so a
+rerun continues without duplicates. The progress file's first line holds the search settings; resuming with
+different settings is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from lens_pivotal.paths import atomic_write_text
+from lens_pivotal.pts.schema import PivotalToken, write_rows
+
+ProblemKey = tuple[str, str]
+
+
+def progress_path(out: str | os.PathLike) -> Path:
+    """Where the progress record of output ``out`` lives: ``name.jsonl`` → ``name.progress.jsonl``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.progress.jsonl")
+
+
+def _read_json_lines(path: Path) -> tuple[list[Any], bool]:
+    """Parsed lines, and whether a torn (unparseable) last line was dropped. Any other bad line is an error."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                return records, True
+            raise ValueError(f"{path}:{number}: not valid JSON; this file was not written by an interrupted search") from None
+    return records, False
+
+
+def _key(record: dict[str, Any]) -> ProblemKey:
+    return str(record["dataset_id"]), str(record["dataset_item_id"])
+
+
+@dataclass
+class ResumableOutput:
+    """The rows file of a search and its progress record; see the module docstring."""
+
+    path: Path
+    settings: dict[str, Any]
+    finished: dict[ProblemKey, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, settings: dict[str, Any]) -> ResumableOutput:
+        """Start a new output, or resume one written with the same settings.
+
+        Raises:
+            ValueError: the existing progress file has other settings, or ``path`` exists without one.
+        """
+        output = cls(Path(path), json.loads(json.dumps(settings)))
+        progress = progress_path(output.path)
+        if progress.is_file():
+            output._resume(progress)
+        elif output.path.exists():
+            raise ValueError(f"{output.path} exists but has no progress file {progress.name}: refusing to append to it")
+        else:
+            atomic_write_text(progress, json.dumps({"settings": output.settings}) + "\n")
+        return output
+
+    def _resume(self, progress: Path) -> None:
+        records, torn = _read_json_lines(progress)
+        if not records or records[0].get("settings") != self.settings:
+            stored = records[0].get("settings", {}) if records else {}
+            differing = sorted(k for k in {*stored, *self.settings} if stored.get(k) != self.settings.get(k))
+            raise ValueError(f"{progress} was written with other search settings (differing: {differing}); "
+                             "use a new output path or the same settings")
+        self.finished = {_key(record): record for record in records[1:]}
+        if torn:
+            atomic_write_text(progress, "".join(json.dumps(record) + "\n" for record in records))
+        self._drop_unfinished_rows()
+
+    def _drop_unfinished_rows(self) -> None:
+        if not self.path.is_file():
+            return
+        rows, torn = _read_json_lines(self.path)
+        kept = [row for row in rows if _key(row) in self.finished]
+        if torn or len(kept) != len(rows):
+            atomic_write_text(self.path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept))
+
+    def is_finished(self, key: ProblemKey) -> bool:
+        """Whether this problem's rows (possibly none) are already in the output."""
+        return key in self.finished
+
+    def finish_problem(self, key: ProblemKey, rows: Iterable[PivotalToken], record: dict[str, Any]) -> None:
+        """Append the problem's rows, then its progress record (``record`` plus its key)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            write_rows(rows, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        entry = {"dataset_id": key[0], "dataset_item_id": key[1], **record}
+        with progress_path(self.path).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        self.finished[key] = entry

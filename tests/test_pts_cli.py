@@ -1,0 +1,59 @@
+"""``lens-pivotal pts show|search`` through :func:`lens_pivotal.pts.cli.register`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from lens_pivotal.pts.cli import register
+from lens_pivotal.pts.output import progress_path
+from lens_pivotal.testing import tiny_qwen_dir
+
+FIXTURE = Path(__file__).parent / "fixtures" / "qwen3_0.6b_real_rows.jsonl"
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lens-pivotal")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.mark.parametrize("command", ["search", "show"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(["pts", command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: lens-pivotal pts {command}" in capsys.readouterr().out
+
+
+def test_show_summarises_rows_problems_signs_and_deltas(capsys):
+    assert run(["pts", "show", str(FIXTURE), "--bins", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "rows: 3 (0 exact duplicates dropped, 0 invalid rows skipped)" in out
+    assert "problems: 2" in out and "positive (delta > 0): 1   negative: 2" in out
+    histogram = [line.split() for line in out.splitlines() if line.startswith("  [")]
+    assert [int(line[2]) for line in histogram] == [1, 1, 0, 1]  # -0.68 and -0.4 below 0, +0.5 in [0.5, 1]
+
+
+def test_show_names_the_bad_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(FIXTURE.read_text().splitlines()[0] + "\n{}\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: field 'model_id' is missing"):
+        run(["pts", "show", str(bad)])
+
+
+def test_search_runs_end_to_end_and_records_every_problem(tmp_path, capsys):
+    out = tmp_path / "rows.jsonl"
+    argv = ["pts", "search", "--model", str(tiny_qwen_dir("qwen3")), "--device", "cpu", "--n-problems", "2",
+            "--num-samples", "4", "--max-new-tokens", "3", "--out", str(out)]
+    assert run(argv) == 0
+    assert "new pivotal tokens from 2 problems" in capsys.readouterr().out
+    records = [json.loads(line) for line in progress_path(out).read_text().splitlines()]
+    assert records[0]["settings"]["search"]["num_samples"] == 4
+    assert [record["dataset_item_id"] for record in records[1:]] == ["0", "1"]
+    with pytest.raises(ValueError, match="operand-range"):
+        run(argv[:-2] + ["--operand-range", "3", "--out", str(tmp_path / "other.jsonl")])

@@ -1,0 +1,71 @@
+"""The shipped PTS dataset of the embedded SmolLM2: it loads, is balanced enough to use, and is reproducible."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lens_pivotal.pts.dataset import load_shipped_pts, shipped_pts_path
+from lens_pivotal.pts.output import progress_path
+
+MIN_ROWS, MIN_PROBLEMS, MIN_EACH_SIGN = 150, 40, 40
+SHIPPED_PROBLEMS = dict(n_operations=1, operand_range=(2, 20), operations=("+", "-", "*"), seed=0)  # as in its README
+
+
+def progress_records() -> tuple[dict, list[dict]]:
+    settings, *records = (json.loads(line) for line in progress_path(shipped_pts_path()).read_text().splitlines())
+    return settings["settings"], records
+
+
+def test_shipped_dataset_loads_with_both_signs():
+    data = load_shipped_pts()
+    positives = sum(row.is_positive for row in data)
+    assert len(data) >= MIN_ROWS and len(data.groups()) >= MIN_PROBLEMS
+    assert positives >= MIN_EACH_SIGN and len(data) - positives >= MIN_EACH_SIGN
+    assert data.duplicates_dropped == 0 and not data.skipped
+    assert all(abs(row.prob_delta) >= 0.2 and row.position is not None for row in data)
+
+
+def test_every_row_comes_from_a_recorded_problem_with_baseline_in_range():
+    settings, records = progress_records()
+    by_problem = {(record["dataset_id"], record["dataset_item_id"]): record for record in records}
+    searched = {key for key, record in by_problem.items() if record["status"] == "searched"}
+    assert all(settings["search"]["min_prob"] <= by_problem[key]["baseline"] <= settings["search"]["max_prob"] for key in searched)
+    groups = load_shipped_pts().groups()
+    assert set(groups) <= searched
+    assert all(len(rows) == by_problem[key]["rows"] for key, rows in groups.items())
+
+
+@pytest.mark.slow
+def test_first_problem_baseline_is_reproduced_by_the_embedded_model(embedded_dir):
+    """Re-estimate the first searched problem's baseline with the recorded settings and seed."""
+    from lens_pivotal.embedded import embedded_model
+    from lens_pivotal.pts.problems import ArithmeticConfig, arithmetic_problems, numeric_oracle
+    from lens_pivotal.pts.prompts import PromptFormat, prompt_token_ids
+    from lens_pivotal.pts.rollouts import stop_token_ids
+    from lens_pivotal.pts.search import SearchConfig, SuccessEstimator, hf_backend
+
+    settings, records = progress_records()
+    record = next(record for record in records if record["status"] == "searched")
+    problem = arithmetic_problems(ArithmeticConfig(**SHIPPED_PROBLEMS, n_problems=int(record["dataset_item_id"]) + 1))[-1]
+    row = next(row for row in load_shipped_pts() if row.dataset_item_id == problem.item_id)
+    assert row.query == problem.question
+    config = SearchConfig.from_dict(settings["search"])
+    model = embedded_model(device="cpu")
+    prompt_ids = prompt_token_ids(model.tokenizer, problem.question, PromptFormat.from_dict(settings["prompt"]))
+    estimator = SuccessEstimator(hf_backend(model, config.sampling), model.tokenizer, problem, prompt_ids,
+                                 numeric_oracle, config, stop_token_ids(model.tokenizer))
+    # Exact on the machine that made the data; another CPU's kernels may flip a rare draw, hence one sample of slack.
+    assert abs(estimator.probability(()) - record["baseline"]) <= 1 / config.num_samples
+
+
+@pytest.mark.slow
+def test_pivot_context_retokenizes_to_position_tokens_then_the_pivot(embedded_dir):
+    """The residual at the last token of pivot_context is the one that predicts the pivot, for every shipped row."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
+    for row in load_shipped_pts():
+        ids = tokenizer(row.pivot_context + row.pivot_token, add_special_tokens=False)["input_ids"]
+        assert len(ids) == row.position + 1 and ids[-1] == row.pivot_token_id, row
