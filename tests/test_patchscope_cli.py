@@ -1,21 +1,14 @@
-"""``lens-pivotal patchscope decode|attribute`` through the register() hook, on a tiny model directory."""
+"""``lens-pivotal patchscope decode|attribute`` through the real entry point, on a tiny model directory."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
-from lens_pivotal.patchscope.cli import register
+from lens_pivotal.cli import main as run
 from lens_pivotal.testing import tiny_qwen_dir
 
-
-def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lens-pivotal")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 @pytest.mark.parametrize("command", ["decode", "attribute"])
@@ -50,5 +43,5 @@ def test_attribute_lists_relations_and_runs(tiny_qwen3_model, tmp_path, capsys):
     assert code == 0
     saved = json.loads((tmp_path / "attribute_adj_antonym.json").read_text())
     assert saved["target_prompt"] == "The opposite of x" and len(saved["accuracy"][0]) == 2
-    with pytest.raises(ValueError, match="unknown relation"):
-        run(["patchscope", "attribute", "--relation", "nope", "--out", str(tmp_path)])
+    assert run(["patchscope", "attribute", "--relation", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown relation" in capsys.readouterr().err
