@@ -104,7 +104,7 @@ def cache_resid_post(
         the :class:`~lens_pivotal.store.ResidStore` holding the same rows.
     """
     rows = _prepare_rows(model, texts, positions)
-    layout = _resolve_layout(model, layers, embeddings)
+    layout = Layout(resolve_layers(model, layers), embeddings)
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     if batch_size < 1:
@@ -181,10 +181,11 @@ def _resolve_positions(spec: PositionInput, length: int, index: int) -> list[int
     return resolved
 
 
-def _resolve_layout(model: TransformerBridge, layers: Sequence[int] | None, embeddings: bool) -> Layout:
+def resolve_layers(model: TransformerBridge, layers: Sequence[int] | None) -> list[int]:
+    """Validated block indices (default: all), negatives counted from the last block, in the order given."""
     n_layers = model.cfg.n_layers
     if layers is None:
-        return Layout(list(range(n_layers)), embeddings)
+        return list(range(n_layers))
     if isinstance(layers, int) or len(layers) == 0:
         raise ValueError(f"layers must be a non-empty list of block indices, got {layers!r}")
     resolved = []
@@ -194,7 +195,7 @@ def _resolve_layout(model: TransformerBridge, layers: Sequence[int] | None, embe
         resolved.append(layer % n_layers)
     if len(set(resolved)) != len(resolved):
         raise ValueError(f"layers has repeats: {list(layers)}")
-    return Layout(resolved, embeddings)
+    return resolved
 
 
 def _row_labels(rows: Rows, text_range: range) -> tuple[Tensor, Tensor]:

@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from lens_pivotal.cache import _resolve_layout, cache_resid_post
+from lens_pivotal.cache import cache_resid_post, resolve_layers
 from lens_pivotal.patchscope.core import TargetPrompt, decode_continuations, patched_generate
 from lens_pivotal.patchscope.relations import PLACEHOLDER, Relation, load_relation
 
@@ -110,8 +110,8 @@ def attribute_extraction(
     samples = relation.samples[:max_samples] if max_samples is not None else relation.samples
     if not samples:
         raise ValueError(f"relation {relation.name!r} has no samples to evaluate (max_samples={max_samples})")
-    sources = _resolve_layout(model, source_layers, False).layers
-    targets = _resolve_layout(model, target_layers, False).layers
+    sources = resolve_layers(model, source_layers)
+    targets = resolve_layers(model, target_layers)
     subjects = [subject for subject, _ in samples]
     states = cache_resid_post(model, [source_template.format(s) for s in subjects], [-1] * len(subjects), layers=sources, progress=False)
 
@@ -153,7 +153,7 @@ def entity_description(
     The target is the paper's few-shot description prompt ending in the placeholder ``x``. Layers
     default to 0–9, as in the paper (fewer when the model has fewer blocks).
     """
-    layer_list = _resolve_layout(model, layers if layers is not None else range(min(10, model.cfg.n_layers)), False).layers
+    layer_list = resolve_layers(model, layers if layers is not None else range(min(10, model.cfg.n_layers)))
     states = cache_resid_post(model, [source_prompt], [source_position], layers=layer_list, progress=False)[:, 0]
     tokens = model.to_tokens(ENTITY_DESCRIPTION_PROMPT)[0]
     target = TargetPrompt(tokens, len(tokens) - 1, None)

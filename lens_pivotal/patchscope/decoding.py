@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from lens_pivotal.cache import _resolve_layout, cache_resid_post
+from lens_pivotal.cache import cache_resid_post, resolve_layers
 from lens_pivotal.lens import logit_lens
 from lens_pivotal.patchscope.core import IDENTITY_PROMPT, TargetPrompt, check_layer, patched_logits
 from lens_pivotal.patchscope.mappings import AffineMap
@@ -121,7 +121,7 @@ def next_token_decoding(
         raise ValueError(f"baselines must be among {BASELINES}, got {sorted(unknown)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    layer_list = _resolve_layout(model, layers, False).layers
+    layer_list = resolve_layers(model, layers)
     targets = _target_layers(model, layer_list, target_layers)
     target_texts = [target_prompt] if isinstance(target_prompt, str) else list(target_prompt)
     positions = _positions(source_positions, len(prompts))
@@ -291,7 +291,7 @@ def decode_positions(
     batch_size: int = 512,
 ) -> TokenGrid:
     """Patch every position of ``prompt`` at every layer into ``target_prompt`` (ℓ* = ℓ) and read the top-1."""
-    layer_list = _resolve_layout(model, layers, False).layers
+    layer_list = resolve_layers(model, layers)
     tokens = model.to_tokens(prompt)[0]
     states = cache_resid_post(model, [tokens], [list(range(len(tokens)))], layers=layer_list, progress=False)
     vectors = states.reshape(-1, states.shape[-1])
