@@ -1,0 +1,237 @@
+"""Probe examples from Pivotal Token Search rows: which token positions are pivotal (label 1) and which are not (0).
+
+A PTS row says: after ``pivot_context`` the model wrote ``pivot_token`` and its chance of success jumped. The
+residual stream at the LAST token of ``pivot_context`` is the one whose next-token prediction is the pivot, so that
+position is a positive. Rows of one problem that lie on one sampled solution share a single tokenization of that
+solution's longest ``pivot_context + pivot_token`` (seed A's method); each shorter row is checked to end on a token
+boundary there with the pivot re-tokenizing to ``pivot_token_id`` (and, for rows that record it, at their
+``position``); rows that fail are reported, not kept. Rows of another sampled solution of the same problem (not a
+prefix of that text) get a tokenization of their own.
+Negatives are other positions of the answer span, never a positive.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from lens_pivotal.pts.schema import PivotalToken, load_pts
+
+
+@dataclass
+class ProbeExamples:
+    """Parallel per-example fields (one entry per example), ordered by text then position.
+
+    ``texts[i]`` is the text example ``i`` reads (it repeats once per example it holds), ``positions[i]`` the token
+    index whose residual is read, ``labels[i]`` 1 when the NEXT token is pivotal, ``groups[i]`` its problem.
+    ``token_ids[text_index[i]]`` is the tokenization the positions index; each distinct text is cached once.
+    """
+
+    texts: list[str]
+    positions: list[int]
+    labels: list[int]
+    groups: list[str]
+    text_index: list[int]
+    token_ids: list[list[int]]
+    source_rows: list[int | None] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)
+    query_not_found: int = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        positives = sum(self.labels)
+        return (
+            f"ProbeExamples({len(self)} examples: {positives} pivotal, {len(self) - positives} not; "
+            f"{len(self.token_ids)} texts, {len(set(self.groups))} groups; {len(self.mismatches)} rows not mapped)"
+        )
+
+    @property
+    def label_tensor(self) -> Tensor:
+        """``labels`` as a float tensor, ready for :func:`~lens_pivotal.probes.train_probes`."""
+        return torch.tensor(self.labels, dtype=torch.float32)
+
+    def cache(self, model: Any, **cache_kwargs: Any) -> Float[Tensor, "n_layers n_examples d_model"]:
+        """``resid_post`` of every example, running each distinct text once (rows in example order).
+
+        Keyword arguments go to :func:`lens_pivotal.cache_resid_post` (``layers``, ``embeddings``, ``batch_size``,
+        ``dtype``, ``out``, ...).
+        """
+        from lens_pivotal.cache import cache_resid_post
+
+        per_text: list[list[int]] = [[] for _ in self.token_ids]
+        for text, position in zip(self.text_index, self.positions):
+            per_text[text].append(position)
+        acts = cache_resid_post(model, self.token_ids, per_text, **cache_kwargs)
+        return acts.load() if hasattr(acts, "load") else acts
+
+
+def probe_examples(
+    model: Any,
+    rows: Iterable[PivotalToken] | str | os.PathLike,
+    *,
+    negatives_per_positive: float = 1.0,
+    seed: int = 0,
+) -> ProbeExamples:
+    """Positive and negative probe examples from PTS rows, tokenized as the model tokenizes.
+
+    Args:
+        model: a TransformerLens model (its ``tokenizer`` is used) or a Hugging Face tokenizer. Texts are
+            tokenized without added special tokens: PTS contexts already hold the prompt exactly as the model saw it.
+        rows: PTS rows (:class:`~lens_pivotal.pts.PtsData`, a list of :class:`~lens_pivotal.pts.PivotalToken`) or a
+            path/hub id for :func:`~lens_pivotal.pts.load_pts`.
+        negatives_per_positive: negatives drawn per positive in each text (fewer where the answer is too short).
+        seed: seed of the negative sampling.
+
+    Returns:
+        :class:`ProbeExamples`; rows whose pivot does not re-tokenize to ``pivot_token_id`` at the end of their
+        context are listed in ``mismatches`` (with the reason) and give no example.
+    """
+    if negatives_per_positive < 0:
+        raise ValueError(f"negatives_per_positive must be >= 0, got {negatives_per_positive}")
+    tokenizer = getattr(model, "tokenizer", model)
+    if not callable(tokenizer):
+        raise TypeError("model must be a TransformerLens model with a tokenizer, or a Hugging Face tokenizer")
+    rows = list(load_pts(rows) if isinstance(rows, (str, os.PathLike)) else rows)
+    if not rows:
+        raise ValueError("rows is empty: no PTS rows to make probe examples from")
+    builder = _ExampleBuilder(tokenizer, negatives_per_positive, random.Random(seed))
+    for key, members in _rows_by_problem(rows).items():
+        builder.add_problem(_group_name(key), members)
+    return builder.finish()
+
+
+def group_split(
+    groups: Sequence[str], *, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train, test)`` splitting examples by group, so that no group is in both.
+
+    ``ceil(test_fraction * n_groups)`` groups (at least one, and at least one left for training) go to the test side.
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    names = sorted(set(groups))
+    if len(names) < 2:
+        raise ValueError(f"a grouped split needs at least 2 groups, got {len(names)}")
+    random.Random(seed).shuffle(names)
+    n_test = min(max(1, int(np.ceil(test_fraction * len(names)))), len(names) - 1)
+    test_groups = set(names[:n_test])
+    is_test = np.array([group in test_groups for group in groups])
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+def _rows_by_problem(rows: list[PivotalToken]) -> dict[tuple[str, str], list[tuple[int, PivotalToken]]]:
+    grouped: dict[tuple[str, str], list[tuple[int, PivotalToken]]] = {}
+    for index, row in enumerate(rows):
+        if not isinstance(row, PivotalToken):
+            raise TypeError(f"rows[{index}] is a {type(row).__name__}, not a PivotalToken (use lp.load_pts)")
+        grouped.setdefault(row.group_key, []).append((index, row))
+    return grouped
+
+
+def _group_name(key: tuple[str, str]) -> str:
+    dataset, item = key
+    return f"{dataset}#{item}" if dataset else item
+
+
+@dataclass
+class _Text:
+    """One tokenized solution: its string, ids, character offsets and the positive positions mapped onto it."""
+
+    string: str
+    ids: list[int]
+    starts: dict[int, int]
+    answer_start: int
+    group: str
+    positives: dict[int, int] = field(default_factory=dict)
+
+
+class _ExampleBuilder:
+    def __init__(self, tokenizer: Any, negatives_per_positive: float, rng: random.Random) -> None:
+        self.tokenizer = tokenizer
+        self.ratio = negatives_per_positive
+        self.rng = rng
+        self.texts: list[_Text] = []
+        self.mismatches: list[str] = []
+        self.query_not_found = 0
+
+    def add_problem(self, group: str, members: list[tuple[int, PivotalToken]]) -> None:
+        """Map the problem's rows, longest first, onto the solution texts they prefix."""
+        texts: list[_Text] = []
+        for index, row in sorted(members, key=lambda member: -len(member[1].pivot_context + member[1].pivot_token)):
+            full = row.pivot_context + row.pivot_token
+            text = next((text for text in texts if text.string.startswith(full)), None)
+            if text is None:
+                text = self._tokenize(full, row.query, group)
+                texts.append(text)
+            self._map(index, row, text)
+        self.texts += [text for text in texts if text.positives]
+
+    def _tokenize(self, string: str, query: str, group: str) -> _Text:
+        encoded = self.tokenizer(string, add_special_tokens=False, return_offsets_mapping=True)
+        starts: dict[int, int] = {}
+        for token, (start, end) in enumerate(encoded["offset_mapping"]):
+            if end > start:
+                starts.setdefault(start, token)
+        query_at = string.find(query)
+        if query_at < 0:
+            self.query_not_found += 1
+            answer_start = 0
+        else:
+            query_end = query_at + len(query)
+            answer_start = min((token for start, token in starts.items() if start >= query_end), default=len(starts))
+        return _Text(string, list(encoded["input_ids"]), starts, answer_start, group)
+
+    def _map(self, index: int, row: PivotalToken, text: _Text) -> None:
+        where = f"row {index} ({text.group}, pivot {row.pivot_token!r})"
+        pivot = text.starts.get(len(row.pivot_context))
+        if pivot is None:
+            self.mismatches.append(f"{where}: pivot_context does not end on a token boundary when re-tokenized")
+        elif text.ids[pivot] != row.pivot_token_id:
+            found = self.tokenizer.decode([text.ids[pivot]])
+            self.mismatches.append(
+                f"{where}: re-tokenizes to id {text.ids[pivot]} ({found!r}), not pivot_token_id {row.pivot_token_id}"
+            )
+        elif row.position is not None and row.position != pivot:
+            self.mismatches.append(
+                f"{where}: the context re-tokenizes differently (pivot at token {pivot}, recorded position {row.position})"
+            )
+        elif pivot == 0:
+            self.mismatches.append(f"{where}: the pivot is the first token, so no position predicts it")
+        else:
+            text.positives.setdefault(pivot - 1, index)
+
+    def finish(self) -> ProbeExamples:
+        """Sample negatives per text and lay every example out in text, then position, order."""
+        examples = ProbeExamples([], [], [], [], [], [], [], self.mismatches, self.query_not_found)
+        for text_number, text in enumerate(self.texts):
+            labelled = {position: (1, row) for position, row in text.positives.items()}
+            for position in self._negatives(text):
+                labelled[position] = (0, None)
+            examples.token_ids.append(text.ids)
+            for position in sorted(labelled):
+                label, row = labelled[position]
+                examples.texts.append(text.string)
+                examples.positions.append(position)
+                examples.labels.append(label)
+                examples.groups.append(text.group)
+                examples.text_index.append(text_number)
+                examples.source_rows.append(row)
+        return examples
+
+    def _negatives(self, text: _Text) -> list[int]:
+        # A position predicts the token after it: the answer span's predictors start one before its first token.
+        candidates = [
+            position for position in range(max(text.answer_start - 1, 0), len(text.ids) - 1)
+            if position not in text.positives
+        ]
+        wanted = min(round(self.ratio * len(text.positives)), len(candidates))
+        return self.rng.sample(candidates, wanted)

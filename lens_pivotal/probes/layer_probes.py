@@ -1,0 +1,425 @@
+"""Per-layer linear probes for "the NEXT token is pivotal", with an sklearn-like surface.
+
+``LayerProbes`` holds one ``Linear(d_model, 1)`` + sigmoid per cached layer, trained all at once
+(:mod:`lens_pivotal.probes.training`), scored on held-out groups with bootstrap intervals and a shuffled-label
+control per layer (:mod:`lens_pivotal.probes.metrics`), and saved as safetensors weights beside a JSON
+:class:`ProbeConfig` that names the base model, so loading onto another model is caught.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from lens_pivotal.cache import Layout, resolve_layers
+from lens_pivotal.paths import atomic_dir
+from lens_pivotal.probes.examples import group_split
+from lens_pivotal.probes.metrics import LayerMetrics, auroc, heldout_metrics
+from lens_pivotal.probes.training import Heads, balanced_weights, fit_adam, fit_lbfgs, head_losses
+
+FORMAT = "lens_pivotal.layer_probes/1"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "probes.safetensors"
+SOLVERS = ("lbfgs", "adam")
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How probes are trained and evaluated (saved with them).
+
+    ``l2=None`` picks each layer's L2 from ``l2_grid`` by grouped ``cv_folds``-fold cross-validation on the training
+    groups (lowest held-out log loss); with ``solver="adam"`` it means no penalty. ``val_fraction`` of the groups
+    is held out for the reported metrics; with Adam the same fraction of the training groups chooses the best epoch.
+    Training runs in ``dtype``: float64 lets L-BFGS converge to scikit-learn's optimum, where float32's rounding of
+    the summed objective stops its line search early.
+    """
+
+    solver: str = "lbfgs"
+    l2: float | None = None
+    l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    cv_folds: int = 5
+    standardize: bool = True
+    class_weight: str | None = "balanced"
+    val_fraction: float = 0.2
+    lr: float = 1e-3
+    epochs: int = 10
+    batch_size: int = 32
+    max_iter: int = 500
+    n_bootstrap: int = 1000
+    seed: int = 0
+    dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if self.class_weight not in ("balanced", None):
+            raise ValueError(f"class_weight must be 'balanced' or None, got {self.class_weight!r}")
+        if self.l2 is not None and self.l2 < 0 or any(value < 0 for value in self.l2_grid) or not self.l2_grid:
+            raise ValueError(f"l2 and l2_grid must be non-negative (got l2={self.l2!r}, l2_grid={self.l2_grid!r})")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+        for name in ("cv_folds", "epochs", "batch_size", "max_iter"):
+            if getattr(self, name) < (2 if name == "cv_folds" else 1):
+                raise ValueError(f"{name} must be positive (cv_folds at least 2), got {getattr(self, name)}")
+
+
+# Seed A's probe: plain Adam on raw activations, 10 epochs of batch 32, best epoch per layer on validation.
+SEED_A_SETTINGS = {"solver": "adam", "l2": 0.0, "lr": 1e-3, "epochs": 10, "batch_size": 32,
+                   "standardize": False, "class_weight": None}
+
+
+@dataclass
+class ProbeConfig:
+    """Everything saved beside the weights: the base model, the layers read, the settings and the results."""
+
+    model_name: str
+    d_model: int
+    n_model_layers: int
+    hook_names: list[str]
+    settings: ProbeSettings = field(default_factory=ProbeSettings)
+    best_layer: int | None = None
+    metrics: dict[str, Any] | None = None
+    control_auroc: list[float] | None = None
+    l2: list[float] | None = None
+    cv_loss: list[list[float]] | None = None
+    n_train: int = 0
+    n_heldout: int = 0
+    heldout_groups: list[str] = field(default_factory=list)
+    format: str = FORMAT
+
+    def to_json(self) -> str:
+        """The config as JSON (settings nested)."""
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> ProbeConfig:
+        """Parse :meth:`to_json`'s output; ``where`` names the file in errors."""
+        data = json.loads(text)
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{where}: not a lens_pivotal probe config (format {data.get('format')!r}, expected {FORMAT!r})")
+        settings = data.pop("settings")
+        settings["l2_grid"] = tuple(settings["l2_grid"])
+        return cls(settings=ProbeSettings(**settings), **data)
+
+
+def layer_label(hook_name: str) -> str:
+    """Short label of a probed hook: the block number, or ``"emb"`` for the embedding stream."""
+    match = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook_name)
+    return match.group(1) if match else ("emb" if hook_name.endswith("hook_resid_pre") else hook_name)
+
+
+class LayerProbes:
+    """One logistic probe per layer of a ``[n_layers, n_rows, d_model]`` activation tensor.
+
+    Build with :meth:`from_model` (or :func:`train_probes`), then ``fit``; ``predict_proba`` gives
+    ``[n_layers, n_rows]`` probabilities that the next token is pivotal.
+    """
+
+    def __init__(self, config: ProbeConfig) -> None:
+        self.config = config
+        n_layers, d_model = len(config.hook_names), config.d_model
+        self.weight = torch.zeros(n_layers, d_model)
+        self.bias = torch.zeros(n_layers)
+        self.mean = torch.zeros(n_layers, d_model)
+        self.scale = torch.ones(n_layers, d_model)
+        self.fitted = False
+
+    @classmethod
+    def from_model(
+        cls, model: Any, *, layers: Sequence[int] | None = None, embeddings: bool = False, **settings: Any
+    ) -> LayerProbes:
+        """Unfitted probes for the layers ``cache_resid_post(model, ..., layers=layers, embeddings=embeddings)``
+        returns; ``settings`` are :class:`ProbeSettings` fields."""
+        hook_names = Layout(resolve_layers(model, layers), embeddings).hook_names
+        config = ProbeConfig(model.cfg.model_name, model.cfg.d_model, model.cfg.n_layers, hook_names, ProbeSettings(**settings))
+        return cls(config)
+
+    @property
+    def n_layers(self) -> int:
+        """How many layers are probed."""
+        return len(self.config.hook_names)
+
+    @property
+    def best_layer(self) -> int:
+        """Index (into the probed layers) with the highest held-out AUROC."""
+        self._require_fitted()
+        return int(self.config.best_layer)
+
+    @property
+    def metrics(self) -> LayerMetrics:
+        """Held-out metrics per layer, with bootstrap intervals over groups."""
+        self._require_fitted()
+        settings = self.config.settings
+        return LayerMetrics.from_dict(self.config.metrics, settings.n_bootstrap, 0.95)
+
+    @property
+    def layer_labels(self) -> list[str]:
+        """Block number of each probed layer (``"emb"`` for the embedding stream)."""
+        return [layer_label(name) for name in self.config.hook_names]
+
+    def fit(
+        self,
+        acts: Float[Tensor, "n_layers n_rows d_model"],
+        labels: Sequence[int] | Tensor,
+        groups: Sequence[str] | None = None,
+    ) -> LayerProbes:
+        """Train every layer's probe on the training groups and evaluate on the held-out ones.
+
+        Args:
+            acts: activations from :func:`lens_pivotal.cache_resid_post` (``[n_layers, n_rows, d_model]``), on
+                the device to train on.
+            labels: 1 where the next token is pivotal, else 0, per row.
+            groups: each row's problem (e.g. ``ProbeExamples.groups``); no group is both trained and evaluated on.
+                Without groups every row is its own group, which leaks when rows of one problem are correlated.
+        """
+        settings = self.config.settings
+        x, y, groups = self._check_training_data(acts.to(getattr(torch, settings.dtype)), labels, groups)
+        train, heldout = group_split(groups, test_fraction=settings.val_fraction, seed=settings.seed)
+        train_groups = [groups[i] for i in train]
+        self._fit_standardization(x[:, train])
+        x = self._standardized(x)
+        l2 = self._choose_l2(x[:, train], y[train], train_groups)
+        shuffled = y[train][torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed))]
+        heads = self._fit_heads(x[:, train], torch.stack([y[train], shuffled]), train_groups, l2.unsqueeze(-1).expand(-1, 2))
+        self.weight, self.bias = heads.weight[:, 0].float().cpu(), heads.bias[:, 0].float().cpu()
+        scores = torch.sigmoid(heads.logits(x[:, heldout])).cpu()
+        self._record_results(scores, y[heldout].cpu(), [groups[i] for i in heldout], l2, len(train))
+        self.fitted = True
+        return self
+
+    def predict_proba(self, acts: Float[Tensor, "n_layers n_rows d_model"]) -> Float[Tensor, "n_layers n_rows"]:
+        """Probability that the next token is pivotal, per layer and row (computed on ``acts``' device)."""
+        self._require_fitted()
+        x = self._check_acts(acts).float()
+        return torch.sigmoid(self._logits(x))
+
+    def predict(self, acts: Float[Tensor, "n_layers n_rows d_model"]) -> Float[Tensor, "n_layers n_rows"]:
+        """1 where :meth:`predict_proba` is at least 0.5, else 0."""
+        return (self.predict_proba(acts) >= 0.5).long()
+
+    def score(self, acts: Float[Tensor, "n_layers n_rows d_model"], labels: Sequence[int] | Tensor) -> Float[Tensor, " n_layers"]:
+        """AUROC of each layer's probe on ``acts`` against ``labels``."""
+        scores = self.predict_proba(acts).double().cpu()
+        y = _as_labels(labels, scores.shape[1])
+        return auroc(scores, y.double(), torch.ones(1, len(y), dtype=torch.float64))[:, 0].float()
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``probes.safetensors`` and ``config.json`` to ``directory`` (atomically: all or nothing)."""
+        self._require_fitted()
+        tensors = {"weight": self.weight, "bias": self.bias, "mean": self.mean, "scale": self.scale}
+        with atomic_dir(directory) as scratch:
+            save_file({name: value.contiguous().float() for name, value in tensors.items()}, scratch / WEIGHTS_FILE)
+            (scratch / CONFIG_FILE).write_text(self.config.to_json())
+        return Path(directory)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, model: Any | None = None) -> LayerProbes:
+        """Probes saved by :meth:`save`; with ``model``, check that they were trained on a model of its shape.
+
+        Raises:
+            FileNotFoundError: the directory or one of its two files is missing.
+            ValueError: the files disagree with each other, or ``model`` has another ``d_model`` or layer count.
+        """
+        directory = Path(directory)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory} holds no {name}: not a directory written by LayerProbes.save")
+        probes = cls(ProbeConfig.from_json((directory / CONFIG_FILE).read_text(), str(directory / CONFIG_FILE)))
+        tensors = load_file(directory / WEIGHTS_FILE)
+        for name, expected in (("weight", probes.weight), ("bias", probes.bias), ("mean", probes.mean), ("scale", probes.scale)):
+            if name not in tensors or tensors[name].shape != expected.shape:
+                found = tuple(tensors[name].shape) if name in tensors else "nothing"
+                raise ValueError(f"{directory / WEIGHTS_FILE}: {name!r} should be {tuple(expected.shape)}, found {found}")
+            setattr(probes, name, tensors[name])
+        probes.fitted = True
+        if model is not None:
+            probes.check_model(model)
+        return probes
+
+    def check_model(self, model: Any) -> None:
+        """Raise ``ValueError`` if ``model``'s ``d_model`` or layer count differ from the model these probes read."""
+        config = self.config
+        theirs = (model.cfg.d_model, model.cfg.n_layers)
+        if theirs != (config.d_model, config.n_model_layers):
+            raise ValueError(
+                f"these probes were trained on {config.model_name!r} (d_model {config.d_model}, {config.n_model_layers} "
+                f"layers); {model.cfg.model_name!r} has d_model {theirs[0]} and {theirs[1]} layers"
+            )
+
+    def score_text(self, model: Any, text: str | Sequence[int], layer: int | str | None = None) -> Any:
+        """Per-token probability that the NEXT token is pivotal; see :func:`lens_pivotal.probes.scoring.score_text`."""
+        from lens_pivotal.probes.scoring import score_text
+
+        return score_text(self, model, text, layer)
+
+    def hook(self, layer: int | None = None) -> Any:
+        """A TransformerLens hook recording scores during any forward pass or ``generate``; see
+        :class:`lens_pivotal.probes.scoring.ProbeRecorder`."""
+        from lens_pivotal.probes.scoring import ProbeRecorder
+
+        return ProbeRecorder(self, self.best_layer if layer is None else layer)
+
+    def __repr__(self) -> str:
+        config = self.config
+        state = f"best layer {self.layer_labels[self.best_layer]}" if self.fitted and config.best_layer is not None else "unfitted"
+        return f"LayerProbes({config.model_name!r}, {self.n_layers} layers, d_model {config.d_model}, {config.settings.solver}; {state})"
+
+    def _logits(self, x: Tensor) -> Tensor:
+        device = x.device
+        standardized = (x - self.mean.to(device).unsqueeze(1)) / self.scale.to(device).unsqueeze(1)
+        return torch.einsum("lnd,ld->ln", standardized, self.weight.to(device)) + self.bias.to(device).unsqueeze(-1)
+
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise RuntimeError("these probes are not fitted yet: call fit(acts, labels, groups) or LayerProbes.load(dir)")
+
+    def _check_acts(self, acts: Tensor) -> Tensor:
+        if not isinstance(acts, Tensor) or acts.ndim != 3:
+            raise ValueError(f"acts must be a [n_layers, n_rows, d_model] tensor, got {getattr(acts, 'shape', type(acts))}")
+        if acts.shape[0] != self.n_layers or acts.shape[2] != self.config.d_model:
+            raise ValueError(
+                f"acts has {acts.shape[0]} layers of width {acts.shape[2]}; these probes read {self.n_layers} layers "
+                f"({', '.join(self.layer_labels[:4])}{', ...' if self.n_layers > 4 else ''}) of width {self.config.d_model}"
+            )
+        return acts if acts.dtype == torch.float64 else acts.float()
+
+    def _check_training_data(self, acts: Tensor, labels: Any, groups: Sequence[str] | None) -> tuple[Tensor, Tensor, list[str]]:
+        x = self._check_acts(acts)
+        y = _as_labels(labels, x.shape[1]).to(x)
+        if y.sum() == 0 or y.sum() == len(y):
+            raise ValueError("labels hold a single class: probes need both pivotal (1) and other (0) rows")
+        if groups is None:
+            groups = [str(i) for i in range(len(y))]
+        if isinstance(groups, (str, bytes)) or len(groups) != len(y):
+            raise ValueError(f"groups must give one group per row: {len(y)} rows, got {len(groups)} groups")
+        return x, y, [str(group) for group in groups]
+
+    def _fit_standardization(self, x: Tensor) -> None:
+        if self.config.settings.standardize:
+            self.mean = x.mean(dim=1).float().cpu()
+            self.scale = x.std(dim=1).clamp_min(1e-6).float().cpu()
+        else:
+            self.mean = torch.zeros(self.n_layers, self.config.d_model)
+            self.scale = torch.ones(self.n_layers, self.config.d_model)
+
+    def _standardized(self, x: Tensor) -> Tensor:
+        return (x - self.mean.to(x).unsqueeze(1)) / self.scale.to(x).unsqueeze(1)
+
+    def _weights(self, labels: Tensor, mask: Tensor) -> Tensor:
+        return balanced_weights(labels, mask) if self.config.settings.class_weight == "balanced" else mask
+
+    def _fit_heads(self, x: Tensor, labels: Tensor, groups: list[str], l2: Tensor) -> Heads:
+        """Heads for each row of ``labels`` (``[n_heads, n]``) on every layer, with ``l2 [n_layers, n_heads]``."""
+        settings = self.config.settings
+        if settings.solver == "lbfgs":
+            return fit_lbfgs(x, labels, self._weights(labels, torch.ones_like(labels)), l2, max_iter=settings.max_iter)
+        fit_rows, check_rows = group_split(groups, test_fraction=settings.val_fraction, seed=settings.seed + 1)
+        fit_labels, check_labels = labels[:, fit_rows], labels[:, check_rows]
+        validation = (x[:, check_rows], check_labels, self._weights(check_labels, torch.ones_like(check_labels)))
+        return fit_adam(
+            x[:, fit_rows], fit_labels, self._weights(fit_labels, torch.ones_like(fit_labels)), l2, validation,
+            lr=settings.lr, epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed,
+        )
+
+    def _choose_l2(self, x: Tensor, y: Tensor, groups: list[str]) -> Float[Tensor, " n_layers"]:
+        """Each layer's L2: the fixed one, or the grid value with the lowest grouped-CV held-out log loss."""
+        settings = self.config.settings
+        if settings.l2 is not None or settings.solver == "adam":
+            self.config.cv_loss = None
+            return torch.full((self.n_layers,), settings.l2 or 0.0).to(x)
+        if len(set(groups)) < 2:
+            raise ValueError("choosing l2 by grouped cross-validation needs at least 2 training groups; pass l2=...")
+        folds = _group_folds(groups, settings.cv_folds, settings.seed).to(x.device)
+        n_folds, grid = int(folds.max()) + 1, torch.tensor(settings.l2_grid, dtype=torch.float64).to(x)
+        fold_of_head = torch.arange(n_folds, device=x.device).repeat(len(grid))
+        outside = (folds.unsqueeze(0) != fold_of_head.unsqueeze(1)).to(x.dtype)  # [heads, n]
+        labels = y.unsqueeze(0).expand(len(fold_of_head), -1)
+        heads = fit_lbfgs(x, labels, self._weights(labels, outside), grid.repeat_interleave(n_folds), max_iter=settings.max_iter)
+        inside = 1 - outside
+        losses = head_losses(heads, x, labels, self._weights(labels, inside), torch.zeros(1).to(x))
+        cv_loss = losses.view(self.n_layers, len(grid), n_folds).mean(-1)
+        self.config.cv_loss = cv_loss.tolist()
+        return grid[cv_loss.argmin(-1)]
+
+    def _record_results(self, scores: Tensor, labels: Tensor, groups: list[str], l2: Tensor, n_train: int) -> None:
+        settings = self.config.settings
+        real, control = scores[:, 0], scores[:, 1]
+        metrics = heldout_metrics(real, labels, groups, n_bootstrap=settings.n_bootstrap, seed=settings.seed)
+        ones = torch.ones(1, len(labels), dtype=torch.float64)
+        control_auroc = auroc(control.double(), labels.double(), ones)[:, 0]
+        self.config = replace(
+            self.config,
+            metrics=metrics.to_dict(),
+            control_auroc=[float(value) for value in control_auroc],
+            best_layer=int(torch.nan_to_num(metrics.values["auroc"], nan=-1).argmax()),
+            l2=[float(value) for value in l2],
+            n_train=n_train,
+            n_heldout=len(labels),
+            heldout_groups=sorted(set(groups)),
+        )
+
+
+def train_probes(
+    acts: Float[Tensor, "n_layers n_rows d_model"],
+    labels: Sequence[int] | Tensor,
+    *,
+    groups: Sequence[str] | None = None,
+    model: Any | None = None,
+    layers: Sequence[int] | None = None,
+    embeddings: bool = False,
+    **settings: Any,
+) -> LayerProbes:
+    """Train one probe per layer of ``acts`` (all layers at once) and evaluate them on held-out groups.
+
+    Args:
+        acts: ``[n_layers, n_rows, d_model]`` from ``cache_resid_post`` / ``ProbeExamples.cache``; train on GPU by
+            passing CUDA activations.
+        labels: 1 where the next token is pivotal, else 0.
+        groups: the problem of each row; splits never put one problem on both sides.
+        model: the model ``acts`` came from, with the ``layers``/``embeddings`` given to the cache call: recorded in
+            the config (model name, shape, hook names) so that :meth:`LayerProbes.load` can catch a mismatch.
+        settings: :class:`ProbeSettings` fields, e.g. ``solver="adam"``, ``l2=1e-2``, ``val_fraction=0.2``;
+            ``**SEED_A_SETTINGS`` reproduces seed A's probe.
+
+    Returns:
+        Fitted :class:`LayerProbes` with per-layer held-out metrics, a shuffled-label control and the best layer.
+    """
+    if not isinstance(acts, Tensor) or acts.ndim != 3:
+        raise ValueError(f"acts must be a [n_layers, n_rows, d_model] tensor, got {getattr(acts, 'shape', type(acts))}")
+    if model is not None:
+        probes = LayerProbes.from_model(model, layers=layers, embeddings=embeddings, **settings)
+    else:
+        hook_names = Layout(list(range(acts.shape[0])), False).hook_names
+        probes = LayerProbes(ProbeConfig("unknown", acts.shape[2], acts.shape[0], hook_names, ProbeSettings(**settings)))
+    return probes.fit(acts, labels, groups)
+
+
+def _as_labels(labels: Any, n_rows: int) -> Tensor:
+    y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels).float().flatten()
+    if len(y) != n_rows:
+        raise ValueError(f"labels has {len(y)} entries but acts has {n_rows} rows")
+    if not torch.all((y == 0) | (y == 1)):
+        bad = int(torch.nonzero((y != 0) & (y != 1))[0])
+        raise ValueError(f"labels must be 0 or 1; row {bad} is {y[bad].item()!r}")
+    return y
+
+
+def _group_folds(groups: list[str], n_folds: int, seed: int) -> Tensor:
+    """Fold index per example, whole groups per fold, groups shuffled and dealt round-robin."""
+    names = sorted(set(groups))
+    np.random.default_rng(seed).shuffle(names)
+    n_folds = min(n_folds, len(names))
+    fold_of = {name: index % n_folds for index, name in enumerate(names)}
+    return torch.tensor([fold_of[group] for group in groups])
