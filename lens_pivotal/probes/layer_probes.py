@@ -202,8 +202,19 @@ class LayerProbes:
     def predict_proba(self, acts: Float[Tensor, "n_layers n_rows d_model"]) -> Float[Tensor, "n_layers n_rows"]:
         """Probability that the next token is pivotal, per layer and row (computed on ``acts``' device)."""
         self._require_fitted()
-        x = self._check_acts(acts).float()
-        return torch.sigmoid(self._logits(x))
+        return self.proba_at(list(range(self.n_layers)), self._check_acts(acts))
+
+    def proba_at(
+        self, layers: Sequence[int], acts: Float[Tensor, "n_chosen n_rows d_model"]
+    ) -> Float[Tensor, "n_chosen n_rows"]:
+        """Probabilities from the probes of ``layers`` only, ``acts[k]`` read by the probe of ``layers[k]``."""
+        self._require_fitted()
+        index = torch.as_tensor(list(layers), dtype=torch.long)
+        x = acts.float()
+        device = x.device
+        standardized = (x - self.mean[index].to(device).unsqueeze(1)) / self.scale[index].to(device).unsqueeze(1)
+        logits = torch.einsum("lnd,ld->ln", standardized, self.weight[index].to(device))
+        return torch.sigmoid(logits + self.bias[index].to(device).unsqueeze(-1))
 
     def predict(self, acts: Float[Tensor, "n_layers n_rows d_model"]) -> Float[Tensor, "n_layers n_rows"]:
         """1 where :meth:`predict_proba` is at least 0.5, else 0."""
@@ -271,15 +282,16 @@ class LayerProbes:
 
         return ProbeRecorder(self, self.best_layer if layer is None else layer)
 
+    def recording(self, model: Any, layer: int | None = None) -> Any:
+        """Context manager attaching :meth:`hook` to ``model`` and yielding the recorder; always detached after."""
+        from lens_pivotal.probes.scoring import recording
+
+        return recording(self, model, layer)
+
     def __repr__(self) -> str:
         config = self.config
         state = f"best layer {self.layer_labels[self.best_layer]}" if self.fitted and config.best_layer is not None else "unfitted"
         return f"LayerProbes({config.model_name!r}, {self.n_layers} layers, d_model {config.d_model}, {config.settings.solver}; {state})"
-
-    def _logits(self, x: Tensor) -> Tensor:
-        device = x.device
-        standardized = (x - self.mean.to(device).unsqueeze(1)) / self.scale.to(device).unsqueeze(1)
-        return torch.einsum("lnd,ld->ln", standardized, self.weight.to(device)) + self.bias.to(device).unsqueeze(-1)
 
     def _require_fitted(self) -> None:
         if not self.fitted:

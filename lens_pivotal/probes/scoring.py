@@ -1,0 +1,196 @@
+"""Scoring new text with trained probes: a whole text at once, or live as a TransformerLens hook during ``generate``.
+
+A score at token ``t`` is the probe's probability that token ``t + 1`` is pivotal, read from the residual stream at
+``t``. Texts are tokenized as the probes' examples were: without added special tokens (pass token ids to choose).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from lens_pivotal.cache import cache_resid_post
+from lens_pivotal.model import EMBEDDING_HOOK
+
+if TYPE_CHECKING:
+    from lens_pivotal.probes.layer_probes import LayerProbes
+
+LayerChoice = int | Sequence[int] | str | None
+
+
+@dataclass
+class TokenScores:
+    """Per-token probe scores of one text: ``scores[k, t]`` = P(token ``t + 1`` is pivotal) at ``layer_labels[k]``."""
+
+    tokens: list[str]
+    token_ids: list[int]
+    scores: Float[Tensor, "n_layers n_tokens"]
+    layers: list[int]
+    layer_labels: list[str]
+
+    def top(self, k: int = 5, layer: int = 0) -> list[tuple[int, str, float]]:
+        """The ``k`` highest-scoring positions at ``layers[layer]``: ``(position, token, score)``."""
+        values, positions = self.scores[layer].topk(min(k, self.scores.shape[1]))
+        return [(int(p), self.tokens[int(p)], float(v)) for v, p in zip(values, positions)]
+
+    def view(self) -> Any:
+        """A circuitsvis view: one layer as coloured tokens, several as a layer selector (see ``probes.views``)."""
+        from lens_pivotal.probes.views import token_scores_view
+
+        return token_scores_view(self)
+
+
+@dataclass
+class GeneratedScores:
+    """Generated tokens with the probe's score for each, read just before it was generated, and a flag at
+    ``score >= threshold``: a likely pivot."""
+
+    prompt_ids: list[int]
+    tokens: list[str]
+    token_ids: list[int]
+    scores: Float[Tensor, " n_new"]
+    threshold: float
+    layer_label: str
+
+    @property
+    def flagged(self) -> Tensor:
+        """Boolean mask of generated tokens scored at or above ``threshold``."""
+        return self.scores >= self.threshold
+
+    @property
+    def text(self) -> str:
+        """The generated text (without the prompt)."""
+        return "".join(self.tokens)
+
+    def __iter__(self) -> Iterator[tuple[str, float, bool]]:
+        return iter(zip(self.tokens, self.scores.tolist(), self.flagged.tolist()))
+
+
+class ProbeRecorder:
+    """A TransformerLens hook function that scores every position it sees with one layer's probe.
+
+    Use it like any hook: ``model.hooks(fwd_hooks=[recorder.fwd_hook])``, ``run_with_hooks``, or
+    :meth:`LayerProbes.recording`. It never changes the activation, so it composes with other hooks. Each forward
+    pass appends ``[batch, pos]`` probabilities to :attr:`scores`; during KV-cached ``generate`` the prompt pass is
+    followed by one-position steps, which :meth:`concatenated` joins along positions.
+    """
+
+    def __init__(self, probes: LayerProbes, layer: int) -> None:
+        if not 0 <= layer < probes.n_layers:
+            raise IndexError(f"layer {layer} is out of range: these probes cover {probes.n_layers} layers")
+        self.layer = layer
+        self.hook_name: str = probes.config.hook_names[layer]
+        self.layer_label = probes.layer_labels[layer]
+        self._weight, self._bias = probes.weight[layer], probes.bias[layer]
+        self._mean, self._scale = probes.mean[layer], probes.scale[layer]
+        self.scores: list[Tensor] = []
+
+    @property
+    def fwd_hook(self) -> tuple[str, ProbeRecorder]:
+        """``(hook_name, self)``, ready for ``fwd_hooks=[...]``."""
+        return self.hook_name, self
+
+    def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any) -> None:
+        with torch.no_grad():
+            x = (resid.float() - self._mean.to(resid.device)) / self._scale.to(resid.device)
+            logits = x @ self._weight.to(resid.device) + self._bias.to(resid.device)
+            self.scores.append(torch.sigmoid(logits).cpu())
+
+    def concatenated(self) -> Float[Tensor, "batch total_pos"]:
+        """Every recorded pass joined along positions (prompt pass, then each decode step)."""
+        if not self.scores:
+            raise RuntimeError(f"nothing recorded yet: no forward pass went through {self.hook_name}")
+        return torch.cat(self.scores, dim=1)
+
+    def reset(self) -> None:
+        """Forget what was recorded."""
+        self.scores.clear()
+
+
+@contextlib.contextmanager
+def recording(probes: LayerProbes, model: Any, layer: int | None = None) -> Iterator[ProbeRecorder]:
+    """Attach a :class:`ProbeRecorder` to ``model`` for the ``with`` block; the hook is always removed after."""
+    probes.check_model(model)
+    recorder = probes.hook(layer)
+    with model.hooks(fwd_hooks=[recorder.fwd_hook]):
+        yield recorder
+
+
+def score_text(probes: LayerProbes, model: Any, text: str | Sequence[int] | Tensor, layer: LayerChoice = None) -> TokenScores:
+    """Probe scores for every token of ``text``: at the best layer (default), one layer, several, or ``"all"``.
+
+    The residual stream is cached with :func:`lens_pivotal.cache_resid_post` (stopping after the deepest block
+    needed), then scored with :meth:`LayerProbes.predict_proba`'s arithmetic.
+    """
+    probes.check_model(model)
+    layers = _resolve_choice(probes, layer)
+    ids = token_ids(model, text)
+    names = [probes.config.hook_names[index] for index in layers]
+    blocks = sorted({int(name.split(".")[1]) for name in names if name != EMBEDDING_HOOK}) or [0]
+    acts = cache_resid_post(
+        model, [ids], [list(range(len(ids)))], layers=blocks, embeddings=EMBEDDING_HOOK in names, progress=False
+    )
+    layout = ([EMBEDDING_HOOK] if EMBEDDING_HOOK in names else []) + [f"blocks.{block}.hook_resid_post" for block in blocks]
+    selected = acts[[layout.index(name) for name in names]]
+    scores = probes.proba_at(layers, selected)
+    tokens = [model.tokenizer.decode([token]) for token in ids]
+    return TokenScores(tokens, ids, scores, layers, [probes.layer_labels[index] for index in layers])
+
+
+def generate_with_scores(
+    model: Any,
+    probes: LayerProbes,
+    prompt: str | Sequence[int] | Tensor,
+    *,
+    max_new_tokens: int = 32,
+    layer: int | None = None,
+    threshold: float = 0.5,
+    **generate_kwargs: Any,
+) -> GeneratedScores:
+    """Generate from ``prompt`` with TransformerLens ``generate`` while a probe hook scores each step.
+
+    Each generated token gets the score read at the position before it: the probe's belief, just before the token
+    was sampled, that it would be pivotal. ``generate_kwargs`` go to ``model.generate`` (e.g. ``do_sample=False``).
+    """
+    prompt_ids = token_ids(model, prompt)
+    tokens_in = torch.tensor([prompt_ids], device=next(model.parameters()).device)
+    with recording(probes, model, layer) as recorder:
+        out = model.generate(tokens_in, max_new_tokens=max_new_tokens, return_type="tokens", verbose=False, **generate_kwargs)
+    new_ids = out[0, len(prompt_ids):].tolist()
+    scores = recorder.concatenated()[0, len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(new_ids)]
+    tokens = [model.tokenizer.decode([token]) for token in new_ids]
+    return GeneratedScores(prompt_ids, tokens, new_ids, scores, threshold, recorder.layer_label)
+
+
+def token_ids(model: Any, text: str | Sequence[int] | Tensor) -> list[int]:
+    """Token ids of ``text`` as the probes' examples were tokenized (no added special tokens); ids pass through."""
+    if isinstance(text, str):
+        ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    elif isinstance(text, Tensor):
+        ids = text.flatten().tolist()
+    elif isinstance(text, Sequence) and all(isinstance(token, int) for token in text):
+        ids = list(text)
+    else:
+        raise TypeError(f"text must be a string or token ids, got {type(text).__name__}")
+    if not ids:
+        raise ValueError("text has no tokens")
+    return ids
+
+
+def _resolve_choice(probes: LayerProbes, layer: LayerChoice) -> list[int]:
+    if layer is None:
+        return [probes.best_layer]
+    if layer == "all":
+        return list(range(probes.n_layers))
+    if isinstance(layer, str):
+        raise ValueError(f"layer must be an index, a list of indices, 'all' or None, got {layer!r}")
+    chosen = [layer] if isinstance(layer, int) else list(layer)
+    for index in chosen:
+        if not isinstance(index, int) or not -probes.n_layers <= index < probes.n_layers:
+            raise IndexError(f"layer {index!r} is out of range: these probes cover {probes.n_layers} layers")
+    return [index % probes.n_layers for index in chosen]
