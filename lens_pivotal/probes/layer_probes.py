@@ -82,7 +82,10 @@ SEED_A_SETTINGS = {"solver": "adam", "l2": 0.0, "lr": 1e-3, "epochs": 10, "batch
 
 @dataclass
 class ProbeConfig:
-    """Everything saved beside the weights: the base model, the layers read, the settings and the results."""
+    """Everything saved beside the weights: the base model, the layers read, the settings and the results.
+
+    ``model_source`` is how to load the base model again (a hub id, a directory, or ``"embedded"``), when known.
+    """
 
     model_name: str
     d_model: int
@@ -97,6 +100,7 @@ class ProbeConfig:
     n_train: int = 0
     n_heldout: int = 0
     heldout_groups: list[str] = field(default_factory=list)
+    model_source: str = ""
     format: str = FORMAT
 
     def to_json(self) -> str:
