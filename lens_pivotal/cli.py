@@ -60,12 +60,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from lens_pivotal.demo import run_demo
 
     from lens_pivotal.patchscope.demo import decoding_demo
+    from lens_pivotal.probes.workflow import probe_demo
 
     model = _load(args)
     print(f"Logit lens of {model.cfg.model_name} ({model.cfg.n_layers} blocks): top next token at the last position")
     print(run_demo(model, args.out))
     print(f"\nwrote {args.out}/logit_lens.txt and logit_lens.json\n")
     print(decoding_demo(model, args.out))
+    probes_out = Path(args.out) / "probes"
+    print(f"\nPivotal-token probes on the shipped PTS dataset ({model.cfg.model_name})")
+    print(probe_demo(model, probes_out, model_source=args.model))
+    print(f"\nwrote the probes, metrics.json, plots and HTML views to {probes_out}/")
     return 0
 
 
@@ -108,10 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     cache.set_defaults(func=_cmd_cache)
 
     from lens_pivotal.patchscope.cli import register as register_patchscope
+    from lens_pivotal.probes.cli import register as register_probes
     from lens_pivotal.pts.cli import register as register_pts
 
     register_patchscope(commands)
     register_pts(commands)
+    register_probes(commands)
     return parser
 
 
@@ -120,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, IndexError, TypeError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, IndexError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -36,3 +36,37 @@ def tiny_qwen3_model(session_cache_dir: Path):
     from lens_pivotal.testing import tiny_qwen_dir
 
     return lp.load_model(tiny_qwen_dir("qwen3"), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def qwen3_tok(session_cache_dir: Path):
+    """The exact Qwen3 tokenizer, rebuilt offline (shared by the probe tests)."""
+    from lens_pivotal.testing import qwen3_tokenizer
+
+    return qwen3_tokenizer()
+
+
+def synthetic_pts_rows(tokenizer, n_problems: int = 8):
+    """PTS rows with two pivots per problem on one solution each, valid under ``tokenizer`` (for probe tests)."""
+    from lens_pivotal.pts import PivotalToken
+
+    rows = []
+    for item in range(n_problems):
+        a, b = 3 + item, 11 + 2 * item
+        query = f"Sam has {a} apples and buys {b} more. How many apples does Sam have?"
+        ids = tokenizer(f"{query} Sam had {a}, then bought {b}, so {a} + {b} = {a + b}. The answer is {a + b}.",
+                        add_special_tokens=False)["input_ids"]
+        for pivot in (len(ids) - 12, len(ids) - 4):
+            rows.append(PivotalToken(
+                model_id="synthetic", query=query, pivot_context=tokenizer.decode(ids[:pivot]),
+                pivot_token=tokenizer.decode([ids[pivot]]), pivot_token_id=ids[pivot], prob_before=0.3,
+                prob_after=0.7 if pivot % 2 else 0.05, task_type="arithmetic", dataset_id="synthetic",
+                dataset_item_id=str(item),
+            ))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def synthetic_rows(qwen3_tok):
+    """Synthetic PTS rows of 8 problems under the Qwen3 tokenizer."""
+    return synthetic_pts_rows(qwen3_tok)

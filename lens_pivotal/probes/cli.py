@@ -1,0 +1,94 @@
+"""``lens-pivotal probe train|score``: call :func:`register` from the main parser."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lens_pivotal.probes.layer_probes import SOLVERS, ProbeSettings
+
+DEFAULTS = ProbeSettings()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``probe`` command, with its ``train`` and ``score`` subcommands."""
+    from lens_pivotal.cli import EMBEDDED, _add_model_arguments
+
+    probe = subparsers.add_parser("probe", help="pivotal-token probes: train per-layer probes on PTS data, score new text")
+    commands = probe.add_subparsers(dest="probe_command", required=True)
+
+    train = commands.add_parser(
+        "train", help="train one linear probe per layer on a PTS dataset and evaluate it on held-out problems",
+        description="Positives are the last token of each row's pivot_context (the next token is the pivot), negatives "
+        "other answer positions. Writes OUT/probes/ (safetensors + config.json), metrics.json, layer_metrics.png, "
+        "projection_best_layer.png and HTML views of a held-out text, and prints the layer table.",
+    )
+    _add_model_arguments(train, EMBEDDED)
+    train.add_argument("--data", required=True, help="PTS rows: a .jsonl/.parquet file or a hub id (online)")
+    train.add_argument("--out", default="probes_out", help="output folder (default: probes_out)")
+    train.add_argument("--layers", default=None, help="comma-separated blocks (default: all)")
+    train.add_argument("--embeddings", action="store_true", help="also probe the embedding stream (HF state 0)")
+    train.add_argument("--negatives-per-positive", type=float, default=1.0, help="negatives per positive (default: 1)")
+    train.add_argument("--solver", choices=SOLVERS, default=DEFAULTS.solver, help="lbfgs (default) or adam (seed A's)")
+    train.add_argument("--l2", type=float, default=None, help="fixed L2 (default: chosen per layer by grouped CV)")
+    train.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction, help="held-out fraction of problems (default: 0.2)")
+    train.add_argument("--n-bootstrap", type=int, default=DEFAULTS.n_bootstrap, help="bootstrap resamples (default: 1000)")
+    train.add_argument("--seed", type=int, default=DEFAULTS.seed, help="split, negatives and bootstrap seed (default: 0)")
+    train.add_argument("--batch-size", type=int, default=16, help="texts per forward pass when caching (default: 16)")
+    train.set_defaults(func=_cmd_train)
+
+    score = commands.add_parser(
+        "score", help="score each token of a text: P(next token is pivotal)",
+        description="Load probes saved by 'probe train' and print, per token, the probability that the next token is "
+        "pivotal at the best layer (or --layer). The model defaults to the one the probes were trained on.",
+    )
+    score.add_argument("text", help="the text to score (tokenized without added special tokens)")
+    score.add_argument("--probes", required=True, help="a probes directory written by 'probe train' (OUT/probes)")
+    score.add_argument("--model", default=None, help="hub id, directory or 'embedded' (default: the probes' own model)")
+    score.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+    score.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    score.add_argument("--layer", type=int, default=None, help="index of the probed layer (default: the best)")
+    score.add_argument("--threshold", type=float, default=0.5, help="mark tokens scored at least this (default: 0.5)")
+    score.add_argument("--html", default=None, help="also save a circuitsvis view to this file")
+    score.set_defaults(func=_cmd_score)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lens_pivotal.cli import _load, _parse_ints
+    from lens_pivotal.probes.workflow import format_layer_table, train_on_pts
+    from lens_pivotal.pts.schema import load_pts
+
+    layers = _parse_ints(args.layers, "--layers") if args.layers else None
+    rows = load_pts(args.data)
+    model = _load(args)
+    probes, examples = train_on_pts(
+        model, rows, args.out, model_source=args.model, negatives_per_positive=args.negatives_per_positive,
+        layers=layers, embeddings=args.embeddings, batch_size=args.batch_size, solver=args.solver, l2=args.l2,
+        val_fraction=args.val_fraction, n_bootstrap=args.n_bootstrap, seed=args.seed,
+    )
+    print(examples)
+    for mismatch in examples.mismatches:
+        print(f"  not mapped: {mismatch}")
+    print(format_layer_table(probes))
+    print(f"\nwrote {Path(args.out) / 'probes'}, metrics.json, layer_metrics.png, projection_best_layer.png, "
+          f"scores_best_layer.html and scores_all_layers.html under {args.out}")
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from lens_pivotal.cli import _load
+    from lens_pivotal.probes.layer_probes import LayerProbes
+    from lens_pivotal.probes.views import token_scores_view
+
+    probes = LayerProbes.load(args.probes)
+    args.model = args.model or probes.config.model_source or probes.config.model_name
+    model = _load(args)
+    scores = probes.score_text(model, args.text, layer=args.layer)
+    print(f"P(next token is pivotal), layer {scores.layer_labels[0]} of {probes.config.model_name}")
+    for position, (token, value) in enumerate(zip(scores.tokens, scores.scores[0].tolist())):
+        flag = "  <- likely pivot next" if value >= args.threshold else ""
+        print(f"{position:>5}  {token!r:<24}{value:.3f}{flag}")
+    if args.html:
+        token_scores_view(scores).save(args.html)
+        print(f"wrote {args.html}")
+    return 0

@@ -1,0 +1,118 @@
+"""The whole probe workflow on a PTS dataset, writing every artefact to one folder: what ``lens-pivotal probe train``
+and ``make demo`` run.
+
+``PTS rows → probe examples → resid_post cache → all-layer probes → probes/ + metrics.json + plots + HTML views``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from lens_pivotal.paths import atomic_write_text
+from lens_pivotal.plots import save_figure
+from lens_pivotal.probes.examples import ProbeExamples, probe_examples
+from lens_pivotal.probes.layer_probes import LayerProbes, train_probes
+from lens_pivotal.probes.plots import plot_layer_metrics, plot_projection
+from lens_pivotal.probes.views import token_scores_view
+from lens_pivotal.pts.schema import PivotalToken
+
+
+def train_on_pts(
+    model: Any,
+    rows: Iterable[PivotalToken] | str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    model_source: str = "",
+    negatives_per_positive: float = 1.0,
+    layers: Sequence[int] | None = None,
+    embeddings: bool = False,
+    batch_size: int = 16,
+    **settings: Any,
+) -> tuple[LayerProbes, ProbeExamples]:
+    """Train probes on PTS ``rows`` and write ``out/probes/``, ``metrics.json``, ``layer_metrics.png``,
+    ``projection_best_layer.png`` and ``scores_best_layer.html`` / ``scores_all_layers.html`` (a held-out text).
+
+    ``settings`` are :class:`~lens_pivotal.probes.ProbeSettings` fields; ``seed`` also seeds the negatives.
+    """
+    out = Path(out)
+    examples = probe_examples(model, rows, negatives_per_positive=negatives_per_positive, seed=settings.get("seed", 0))
+    acts = examples.cache(model, layers=layers, embeddings=embeddings, batch_size=batch_size, progress=False)
+    probes = train_probes(
+        acts, examples.labels, groups=examples.groups, model=model, layers=layers, embeddings=embeddings, **settings
+    )
+    probes.config.model_source = model_source
+    probes.save(out / "probes")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics_record(probes, examples), indent=1))
+    save_figure(plot_layer_metrics(probes), out / "layer_metrics.png")
+    best = probes.best_layer
+    projection = plot_projection(
+        acts[best], examples.labels, probes.predict_proba(acts)[best],
+        title=f"PCA of layer {probes.layer_labels[best]} (best), all examples",
+    )
+    save_figure(projection, out / "projection_best_layer.png")
+    text = heldout_text(probes, examples)
+    token_scores_view(probes.score_text(model, text)).save(out / "scores_best_layer.html")
+    token_scores_view(probes.score_text(model, text, layer="all")).save(out / "scores_all_layers.html")
+    return probes, examples
+
+
+def heldout_text(probes: LayerProbes, examples: ProbeExamples) -> list[int]:
+    """Token ids of the first held-out text that holds a pivotal position (to show scores on unseen data)."""
+    heldout = set(probes.config.heldout_groups)
+    for text, group, label in zip(examples.text_index, examples.groups, examples.labels):
+        if group in heldout and label == 1:
+            return examples.token_ids[text]
+    return examples.token_ids[0]
+
+
+def metrics_record(probes: LayerProbes, examples: ProbeExamples) -> dict[str, Any]:
+    """JSON-ready summary: data counts, per-layer metrics with intervals, control, selectivity and the best layer."""
+    config = probes.config
+    auroc = config.metrics["auroc"]["value"]
+    return {
+        "model_name": config.model_name,
+        "examples": {"total": len(examples), "pivotal": sum(examples.labels), "texts": len(examples.token_ids),
+                     "groups": len(set(examples.groups)), "rows_not_mapped": examples.mismatches},
+        "n_train": config.n_train,
+        "n_heldout": config.n_heldout,
+        "layers": probes.layer_labels,
+        "best_layer": probes.layer_labels[probes.best_layer],
+        "metrics": config.metrics,
+        "control_auroc": config.control_auroc,
+        "selectivity": [real - control for real, control in zip(auroc, config.control_auroc)],
+        "l2": config.l2,
+    }
+
+
+def format_layer_table(probes: LayerProbes) -> str:
+    """A fixed-width table, one row per layer: held-out AUROC with its interval, AUPRC, balanced accuracy, F1,
+    the shuffled-label control's AUROC, selectivity (AUROC minus control) and the L2 used; the best layer marked."""
+    result, config = probes.metrics, probes.config
+    header = f"{'layer':>5}  {'AUROC [95% CI]':<21}{'AUPRC':>7}{'bal.acc':>9}{'F1':>7}{'control':>9}{'select.':>9}{'l2':>9}"
+    lines = [header, "-" * len(header)]
+    for index, label in enumerate(probes.layer_labels):
+        value = {name: float(values[index]) for name, values in result.values.items()}
+        auroc = f"{value['auroc']:.3f} [{float(result.low['auroc'][index]):.2f}, {float(result.high['auroc'][index]):.2f}]"
+        control = config.control_auroc[index]
+        marker = "  <- best" if index == probes.best_layer else ""
+        lines.append(
+            f"{label:>5}  {auroc:<21}{value['auprc']:>7.3f}{value['balanced_accuracy']:>9.3f}{value['f1']:>7.3f}"
+            f"{control:>9.3f}{value['auroc'] - control:>9.3f}{config.l2[index]:>9.0e}{marker}"
+        )
+    return "\n".join(lines)
+
+
+def probe_demo(model: Any, out: str | os.PathLike, *, model_source: str = "embedded") -> str:
+    """``make demo``'s probe part: train on the shipped PTS dataset, write everything under ``out``, return the
+    print-ready summary and layer table."""
+    from lens_pivotal.pts.dataset import load_shipped_pts
+
+    probes, examples = train_on_pts(model, load_shipped_pts(), out, model_source=model_source)
+    config = probes.config
+    return (
+        f"{examples}\ntrained on {config.n_train} rows, evaluated on {config.n_heldout} held-out rows "
+        f"({len(config.heldout_groups)} problems)\n\n{format_layer_table(probes)}"
+    )

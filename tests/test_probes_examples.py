@@ -1,0 +1,130 @@
+"""Probe examples from PTS rows: positives at the end of pivot_context, negatives in the answer span, grouped splits."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import lens_pivotal as lp
+from lens_pivotal.probes import group_split, probe_examples
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REAL_ROWS = FIXTURES / "qwen3_0.6b_real_rows.jsonl"
+SEED_A_LABELS = FIXTURES / "seed_a_probe_label_examples.jsonl"
+
+
+def test_real_rows_give_seed_a_positions(qwen3_tok):
+    examples = probe_examples(qwen3_tok, lp.load_pts(REAL_ROWS))
+    seed_a = [json.loads(line) for line in SEED_A_LABELS.read_text().splitlines()][3]
+    seed_a_ids = qwen3_tok(seed_a["text"], add_special_tokens=False)["input_ids"]
+    assert seed_a["labels"].index(1) == 38
+    multiply = [i for i, text in enumerate(examples.texts) if text.endswith("multiply ") and examples.labels[i] == 1]
+    assert len(multiply) == 1
+    example = multiply[0]
+    assert examples.positions[example] == 38
+    ids = examples.token_ids[examples.text_index[example]]
+    assert ids[:39] == seed_a_ids[:39]
+    assert qwen3_tok.decode([ids[38]]) == " multiply" and ids[39] == 220
+
+
+def test_real_rows_positive_is_the_last_context_token(qwen3_tok):
+    rows = lp.load_pts(REAL_ROWS)
+    examples = probe_examples(qwen3_tok, rows)
+    assert sum(examples.labels) == 3 and not examples.mismatches
+    for index in [i for i, label in enumerate(examples.labels) if label == 1]:
+        row = rows[examples.source_rows[index]]
+        ids = examples.token_ids[examples.text_index[index]]
+        position = examples.positions[index]
+        assert qwen3_tok.decode(ids[: position + 1]) == row.pivot_context
+        assert ids[position + 1] == row.pivot_token_id
+    assert sorted(set(examples.groups)) == ["codelion/optillmbench#3", "openai/gsm8k#1"]
+
+
+def test_rows_on_one_solution_share_one_tokenization(qwen3_tok, synthetic_rows):
+    examples = probe_examples(qwen3_tok, synthetic_rows)
+    assert len(examples.token_ids) == 8  # two pivots per problem, one text each
+    assert sum(examples.labels) == 16
+    for text in range(len(examples.token_ids)):
+        members = [i for i, t in enumerate(examples.text_index) if t == text]
+        assert len({examples.groups[i] for i in members}) == 1
+        assert [examples.positions[i] for i in members] == sorted(examples.positions[i] for i in members)
+
+
+def test_negatives_lie_in_the_answer_and_never_on_a_positive(qwen3_tok, synthetic_rows):
+    examples = probe_examples(qwen3_tok, synthetic_rows, negatives_per_positive=3, seed=1)
+    for text, ids in enumerate(examples.token_ids):
+        members = [i for i, t in enumerate(examples.text_index) if t == text]
+        positives = {examples.positions[i] for i in members if examples.labels[i] == 1}
+        negatives = [examples.positions[i] for i in members if examples.labels[i] == 0]
+        query_tokens = len(qwen3_tok(synthetic_rows[2 * text].query, add_special_tokens=False)["input_ids"])
+        assert len(negatives) == 6 and not positives & set(negatives)
+        assert all(query_tokens - 1 <= position < len(ids) - 1 for position in negatives)
+
+
+def test_negative_ratio_and_seed(qwen3_tok, synthetic_rows):
+    one = probe_examples(qwen3_tok, synthetic_rows, seed=0)
+    again = probe_examples(qwen3_tok, synthetic_rows, seed=0)
+    other = probe_examples(qwen3_tok, synthetic_rows, seed=5)
+    none = probe_examples(qwen3_tok, synthetic_rows, negatives_per_positive=0)
+    assert one.labels.count(0) == one.labels.count(1) == 16
+    assert one.positions == again.positions and one.positions != other.positions
+    assert none.labels == [1] * 16
+
+
+def test_a_pivot_that_does_not_retokenize_is_reported_not_kept(qwen3_tok, synthetic_rows):
+    wrong_id = replace(synthetic_rows[0], pivot_token_id=synthetic_rows[0].pivot_token_id + 1)
+    wrong_position = replace(synthetic_rows[2], position=3)
+    examples = probe_examples(qwen3_tok, [wrong_id, wrong_position, *synthetic_rows[4:]])
+    assert len(examples.mismatches) == 2
+    assert "row 0 (synthetic#0" in examples.mismatches[0] and "not pivot_token_id" in examples.mismatches[0]
+    assert "row 1 (synthetic#1" in examples.mismatches[1] and "recorded position 3" in examples.mismatches[1]
+    assert sum(examples.labels) == len(synthetic_rows) - 4  # rows 1 and 3 left out, rows 0 and 2 not mapped
+
+
+def test_cache_runs_each_text_once_in_example_order(tiny_qwen3_model, synthetic_rows):
+    examples = probe_examples(tiny_qwen3_model, synthetic_rows[:6])
+    acts = examples.cache(tiny_qwen3_model, progress=False)
+    assert acts.shape == (3, len(examples), 64)
+    example = 4
+    direct = lp.cache_resid_post(
+        tiny_qwen3_model, [examples.token_ids[examples.text_index[example]]], [examples.positions[example]], progress=False
+    )
+    assert (acts[:, example] - direct[:, 0]).abs().max() < 1e-5
+
+
+def test_group_split_keeps_groups_whole():
+    groups = [f"q{i % 13}" for i in range(200)]
+    train, test = group_split(groups, test_fraction=0.25, seed=3)
+    assert sorted([*train, *test]) == list(range(200))
+    assert not {groups[i] for i in train} & {groups[i] for i in test}
+    assert len({groups[i] for i in test}) == 4
+    assert (train == group_split(groups, test_fraction=0.25, seed=3)[0]).all()
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda tok, rows: probe_examples(tok, []), "rows is empty"),
+        (lambda tok, rows: probe_examples(tok, rows, negatives_per_positive=-1), "negatives_per_positive"),
+        (lambda tok, rows: probe_examples(tok, [rows[0], {"query": "x"}]), r"rows\[1\] is a dict"),
+        (lambda tok, rows: probe_examples(tok, "missing.jsonl"), "does not exist"),
+        (lambda tok, rows: group_split(["a", "a"]), "at least 2 groups"),
+        (lambda tok, rows: group_split(["a", "b"], test_fraction=1.0), "test_fraction"),
+    ],
+)
+def test_bad_input_errors(qwen3_tok, synthetic_rows, call, message):
+    with pytest.raises((ValueError, TypeError, FileNotFoundError), match=message):
+        call(qwen3_tok, synthetic_rows)
+
+
+@pytest.mark.slow
+def test_shipped_dataset_maps_all_but_the_two_retokenized_rows(embedded_dir):
+    from transformers import AutoTokenizer
+
+    examples = probe_examples(AutoTokenizer.from_pretrained(embedded_dir), lp.pts.load_shipped_pts())
+    assert sum(examples.labels) == 187 and examples.labels.count(0) == 187
+    assert len(examples.mismatches) == 2 and all("re-tokenizes differently" in m for m in examples.mismatches)
+    assert len(set(examples.groups)) == 46
