@@ -1,0 +1,149 @@
+"""Per-layer probes: the planted layer is found, parity with scikit-learn, save/load, and every bad input's error."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+import lens_pivotal.probes.layer_probes as layer_probes_module
+from lens_pivotal.probes import SEED_A_SETTINGS, LayerProbes, ProbeSettings, group_split, train_probes
+
+PLANTED = 3
+
+
+def planted(n_layers=5, n_rows=480, d_model=48, strength=3.0, seed=0):
+    """Activations where only layer PLANTED carries the label along one direction; 8 rows per group."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = (torch.rand(n_rows, generator=generator) < 0.5).float()
+    acts = torch.randn(n_layers, n_rows, d_model, generator=generator) * 2 + 0.5
+    direction = torch.nn.functional.normalize(torch.randn(d_model, generator=generator), dim=0)
+    acts[PLANTED] += strength * (2 * labels - 1)[:, None] * direction
+    return acts, labels, [f"q{i // 8}" for i in range(n_rows)]
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    acts, labels, groups = planted()
+    return train_probes(acts, labels, groups=groups, n_bootstrap=200), (acts, labels, groups)
+
+
+def test_finds_the_planted_layer_and_the_control_is_chance(fitted):
+    probes, _ = fitted
+    auroc = probes.metrics.values["auroc"]
+    assert probes.best_layer == PLANTED and auroc[PLANTED] > 0.95
+    others = [layer for layer in range(5) if layer != PLANTED]
+    assert torch.all((auroc[others] - 0.5).abs() < 0.2)
+    assert all(abs(value - 0.5) < 0.2 for value in probes.config.control_auroc)
+    assert probes.metrics.low["auroc"][PLANTED] > 0.9
+    assert probes.config.l2[PLANTED] in ProbeSettings().l2_grid and len(probes.config.cv_loss) == 5
+
+
+def test_seed_a_adam_settings_also_find_it():
+    acts, labels, groups = planted(strength=3.0)
+    probes = train_probes(acts, labels, groups=groups, n_bootstrap=0, **SEED_A_SETTINGS)
+    assert probes.best_layer == PLANTED and probes.metrics.values["auroc"][PLANTED] > 0.95
+    assert probes.config.settings.solver == "adam" and probes.config.cv_loss is None
+
+
+def test_matches_sklearn_logistic_regression_per_layer():
+    acts, labels, groups = planted(strength=1.0)
+    l2 = 1e-2
+    probes = train_probes(acts, labels, groups=groups, l2=l2, standardize=False, class_weight=None, n_bootstrap=0)
+    train, heldout = group_split(groups, test_fraction=0.2, seed=0)
+    ours = probes.predict_proba(acts)
+    for layer in range(acts.shape[0]):
+        reference = LogisticRegression(C=1 / (l2 * len(train)), tol=1e-10, max_iter=10_000)
+        reference.fit(acts[layer, train].numpy(), labels[train].numpy())
+        expected = reference.predict_proba(acts[layer].numpy())[:, 1]
+        assert np.abs(ours[layer].numpy() - expected).max() < 2e-3
+    heldout_auroc = probes.score(acts[:, heldout], labels[heldout])
+    assert torch.allclose(heldout_auroc, probes.metrics.values["auroc"], atol=1e-6)
+
+
+def test_no_heldout_group_was_trained_on(fitted):
+    probes, (_, _, groups) = fitted
+    heldout = set(probes.config.heldout_groups)
+    assert probes.config.n_heldout == sum(group in heldout for group in groups)
+    assert probes.config.n_train + probes.config.n_heldout == len(groups)
+
+
+def test_save_load_round_trip_is_exact(fitted, tmp_path):
+    probes, (acts, _, _) = fitted
+    probes.save(tmp_path / "probes")
+    loaded = LayerProbes.load(tmp_path / "probes")
+    for name in ("weight", "bias", "mean", "scale"):
+        assert torch.equal(getattr(loaded, name), getattr(probes, name))
+    assert torch.equal(loaded.predict_proba(acts), probes.predict_proba(acts))
+    assert loaded.config == probes.config and loaded.best_layer == PLANTED
+    saved = json.loads((tmp_path / "probes" / "config.json").read_text())
+    assert saved["settings"]["solver"] == "lbfgs" and len(saved["hook_names"]) == 5 and "metrics" in saved
+
+
+def test_loading_onto_another_model_shape_is_an_error(fitted, tmp_path, tiny_qwen3_model):
+    probes, _ = fitted
+    probes.save(tmp_path / "probes")
+    with pytest.raises(ValueError, match=r"d_model 48, 5 layers\).*has d_model 64 and 3 layers"):
+        LayerProbes.load(tmp_path / "probes", model=tiny_qwen3_model)
+
+
+def test_a_failed_save_leaves_nothing(fitted, tmp_path, monkeypatch):
+    probes, _ = fitted
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(layer_probes_module, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        probes.save(tmp_path / "probes")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_errors_name_the_file(fitted, tmp_path):
+    probes, _ = fitted
+    with pytest.raises(FileNotFoundError, match="holds no config.json"):
+        LayerProbes.load(tmp_path)
+    probes.save(tmp_path / "probes")
+    config = tmp_path / "probes" / "config.json"
+    config.write_text(config.read_text().replace("lens_pivotal.layer_probes/1", "something/9"))
+    with pytest.raises(ValueError, match="not a lens_pivotal probe config"):
+        LayerProbes.load(tmp_path / "probes")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a, y, g: (a[0], y, g), r"\[n_layers, n_rows, d_model\]"),
+        (lambda a, y, g: (a, y[:-1], g), "labels has 479 entries but acts has 480 rows"),
+        (lambda a, y, g: (a, y * 2, g), "labels must be 0 or 1; row"),
+        (lambda a, y, g: (a, torch.ones_like(y), g), "single class"),
+        (lambda a, y, g: (a, y, g[:-1]), "one group per row"),
+        (lambda a, y, g: (a, y, ["only"] * len(y)), "at least 2 groups"),
+    ],
+)
+def test_bad_training_input(change, message):
+    acts, labels, groups = planted(n_rows=480)
+    with pytest.raises(ValueError, match=message):
+        train_probes(*change(acts, labels, groups)[:2], groups=change(acts, labels, groups)[2], n_bootstrap=0)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [({"solver": "sgd"}, "solver"), ({"class_weight": "auto"}, "class_weight"), ({"l2": -1.0}, "non-negative"),
+     ({"val_fraction": 0.0}, "val_fraction"), ({"cv_folds": 1}, "cv_folds"), ({"dtype": "float16"}, "dtype")],
+)
+def test_bad_settings(settings, message):
+    with pytest.raises(ValueError, match=message):
+        ProbeSettings(**settings)
+
+
+def test_predicting_with_wrong_shapes_or_unfitted(fitted):
+    probes, (acts, _, _) = fitted
+    with pytest.raises(ValueError, match="acts has 4 layers of width 48; these probes read 5 layers"):
+        probes.predict_proba(acts[:4])
+    unfitted = LayerProbes(probes.config)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        unfitted.predict_proba(acts)
