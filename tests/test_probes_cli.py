@@ -1,0 +1,56 @@
+"""``lens-pivotal probe train|score`` through the real entry point, on the tiny Qwen3 and synthetic PTS rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lens_pivotal.cli import main as run
+from lens_pivotal.pts.schema import write_rows
+from lens_pivotal.testing import tiny_qwen_dir
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, synthetic_rows):
+    folder = tmp_path_factory.mktemp("probe_cli")
+    data = folder / "rows.jsonl"
+    with data.open("w") as handle:
+        write_rows(synthetic_rows, handle)
+    model = str(tiny_qwen_dir("qwen3"))
+    code = run(["probe", "train", "--data", str(data), "--model", model, "--device", "cpu", "--out", str(folder / "out"),
+                "--n-bootstrap", "50", "--negatives-per-positive", "2"])
+    return code, folder / "out", model
+
+
+def test_train_writes_probes_metrics_plots_and_views(trained, capsys):
+    code, out, _ = trained
+    assert code == 0
+    for name in ("probes/config.json", "probes/probes.safetensors", "metrics.json", "layer_metrics.png",
+                 "projection_best_layer.png", "scores_best_layer.html", "scores_all_layers.html"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["examples"]["pivotal"] == 16 and metrics["examples"]["total"] == 48
+    assert metrics["layers"] == ["0", "1", "2"] and metrics["best_layer"] in metrics["layers"]
+
+
+def test_score_prints_each_token_with_its_score(trained, capsys, tmp_path):
+    _, out, _ = trained
+    capsys.readouterr()
+    assert run(["probe", "score", "--probes", str(out / "probes"), "--device", "cpu", "--threshold", "0",
+                "--html", str(tmp_path / "s.html"), "So 3 + 4 = 7"]) == 0
+    printed = capsys.readouterr().out
+    assert "P(next token is pivotal), layer" in printed
+    assert "' +'" in printed and printed.count("<- likely pivot next") == 9  # So, space, 3, +, space, 4, =, space, 7
+    assert (tmp_path / "s.html").is_file()
+
+
+def test_errors_are_one_line(trained, capsys, tmp_path):
+    assert run(["probe", "score", "--probes", str(tmp_path), "text"]) == 2
+    assert "holds no config.json" in capsys.readouterr().err
+    _, out, _ = trained
+    assert run(["probe", "score", "--probes", str(out / "probes"), "--model", str(tiny_qwen_dir("qwen3", n_layers=2)),
+                "--device", "cpu", "text"]) == 2
+    assert "these probes were trained on" in capsys.readouterr().err
+    assert run(["probe", "train", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err

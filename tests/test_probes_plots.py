@@ -1,0 +1,49 @@
+"""Probe figures: layer-wise metrics with bands, control and best layer; PCA matching scikit-learn; t-SNE."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.decomposition import PCA
+
+from lens_pivotal.plots import save_figure
+from lens_pivotal.probes import train_probes
+from lens_pivotal.probes.plots import plot_layer_metrics, plot_projection, project_2d
+
+
+@pytest.fixture(scope="module")
+def probes():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(120) % 2
+    acts = torch.randn(4, 120, 16, generator=generator)
+    acts[2, :, 0] += 3 * labels
+    return train_probes(acts, labels, groups=[str(i // 6) for i in range(120)], l2=0.1, n_bootstrap=50)
+
+
+def test_layer_metrics_figure(probes, tmp_path):
+    figure = plot_layer_metrics(probes)
+    axis = figure.axes[0]
+    labels = [line.get_label() for line in axis.get_lines()]
+    assert labels == ["AUROC", "AUPRC", "balanced accuracy", "F1", "AUROC, shuffled-label control", "best layer (2)"]
+    assert list(axis.get_lines()[0].get_ydata()) == pytest.approx(probes.metrics.values["auroc"].tolist())
+    assert len(axis.collections) == 4  # one confidence band per metric
+    assert save_figure(figure, tmp_path / "m.png").stat().st_size > 10_000
+
+
+def test_pca_matches_sklearn_up_to_sign():
+    acts = torch.randn(50, 8) @ torch.randn(8, 8)
+    ours = project_2d(acts).numpy()
+    expected = PCA(2).fit_transform(acts.double().numpy())
+    assert np.allclose(np.abs(ours), np.abs(expected), atol=1e-4)
+
+
+def test_projection_panels_and_tsne():
+    acts, labels = torch.randn(40, 8), torch.arange(40) % 2
+    assert len(plot_projection(acts, labels).axes) == 1
+    figure = plot_projection(acts, labels, torch.rand(40), method="tsne")
+    assert len(figure.axes) == 3  # label panel, score panel, colour bar
+    with pytest.raises(ValueError, match="'pca' or 'tsne'"):
+        project_2d(acts, method="umap")
+    with pytest.raises(ValueError, match=r"\[n_rows >= 3, d_model\]"):
+        project_2d(acts[:2])

@@ -1,0 +1,83 @@
+"""Scoring new text: score_text, the recording hook (alone, batched, beside user hooks, in generate)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lens_pivotal.probes import probe_examples, train_probes
+from lens_pivotal.probes.scoring import generate_with_scores
+
+TEXTS = ["Sam has 3 apples and buys 4 more.", "The answer is 7 because 3 + 4 = 7."]
+
+
+@pytest.fixture(scope="module")
+def probes(tiny_qwen3_model, synthetic_rows):
+    examples = probe_examples(tiny_qwen3_model, synthetic_rows)
+    acts = examples.cache(tiny_qwen3_model, embeddings=True, progress=False)
+    return train_probes(acts, examples.labels, groups=examples.groups, model=tiny_qwen3_model, embeddings=True,
+                        l2=1.0, n_bootstrap=0)
+
+
+def test_score_text_layers(probes, tiny_qwen3_model):
+    best = probes.score_text(tiny_qwen3_model, TEXTS[0])
+    every = probes.score_text(tiny_qwen3_model, TEXTS[0], layer="all")
+    assert probes.layer_labels == ["emb", "0", "1", "2"]
+    assert best.layers == [probes.best_layer] and every.layers == [0, 1, 2, 3]
+    assert every.scores.shape == (4, len(best.tokens)) and "".join(best.tokens) == TEXTS[0]
+    assert torch.allclose(every.scores[probes.best_layer], best.scores[0], atol=1e-6)
+    assert torch.allclose(probes.score_text(tiny_qwen3_model, TEXTS[0], layer=[3, 0]).scores, every.scores[[3, 0]], atol=1e-6)
+    assert best.top(2)[0][2] == pytest.approx(best.scores[0].max().item())
+
+
+@pytest.mark.parametrize("layer", [0, 1, 3])
+def test_hook_gives_the_scores_of_score_text_on_a_batch(probes, tiny_qwen3_model, layer):
+    ids = [tiny_qwen3_model.tokenizer(text, add_special_tokens=False)["input_ids"] for text in TEXTS]
+    width = min(len(i) for i in ids)
+    batch = torch.tensor([i[:width] for i in ids])
+    with probes.recording(tiny_qwen3_model, layer) as recorder:
+        tiny_qwen3_model(batch)
+    recorded = recorder.concatenated()
+    for row in range(2):
+        expected = probes.score_text(tiny_qwen3_model, batch[row].tolist(), layer=layer).scores[0]
+        assert torch.allclose(recorded[row], expected, atol=1e-5)
+
+
+def test_hook_composes_with_user_hooks_and_is_always_removed(probes, tiny_qwen3_model):
+    seen = []
+    ids = torch.tensor([tiny_qwen3_model.tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"]])
+    name = probes.config.hook_names[2]
+    ablate_block_0 = ("blocks.0.hook_resid_post", lambda resid, hook: torch.zeros_like(resid))
+    with tiny_qwen3_model.hooks(fwd_hooks=[(name, lambda resid, hook: seen.append(tuple(resid.shape))), ablate_block_0]):
+        with pytest.raises(KeyError), probes.recording(tiny_qwen3_model, 2) as recorder:
+            tiny_qwen3_model(ids)
+            raise KeyError("user code fails inside the block")
+    assert seen == [tuple(ids.shape) + (64,)] and len(recorder.scores) == 1
+    plain = probes.score_text(tiny_qwen3_model, ids[0].tolist(), layer=2).scores[0]
+    assert not torch.allclose(recorder.scores[0][0], plain), "the user's ablation upstream reached our scores"
+    tiny_qwen3_model(ids)
+    assert len(recorder.scores) == 1, "the recorder was detached after the with block"
+
+
+def test_generate_with_scores_matches_scoring_the_finished_text(probes, tiny_qwen3_model):
+    generated = generate_with_scores(tiny_qwen3_model, probes, TEXTS[0], max_new_tokens=6, do_sample=False, layer=1)
+    assert len(generated.token_ids) == len(generated.scores) == 6
+    whole = probes.score_text(tiny_qwen3_model, generated.prompt_ids + generated.token_ids, layer=1).scores[0]
+    start = len(generated.prompt_ids) - 1
+    assert torch.allclose(generated.scores, whole[start : start + 6], atol=1e-4)
+    assert [flag for _, _, flag in generated] == (generated.scores >= 0.5).tolist()
+
+
+def test_scoring_errors(probes, tiny_qwen3_model):
+    with pytest.raises(IndexError, match="out of range: these probes cover 4 layers"):
+        probes.score_text(tiny_qwen3_model, TEXTS[0], layer=9)
+    with pytest.raises(ValueError, match="'all' or None"):
+        probes.score_text(tiny_qwen3_model, TEXTS[0], layer="best")
+    with pytest.raises(ValueError, match="no tokens"):
+        probes.score_text(tiny_qwen3_model, "")
+    with pytest.raises(IndexError, match="out of range"):
+        probes.hook(7)
+    acts = torch.randn(3, 40, 32)
+    other = train_probes(acts, torch.arange(40) % 2, groups=[str(i // 4) for i in range(40)], l2=1.0, n_bootstrap=0)
+    with pytest.raises(ValueError, match="d_model 32, 3 layers.*has d_model 64 and 3 layers"):
+        other.score_text(tiny_qwen3_model, TEXTS[0])
