@@ -10,6 +10,7 @@ HF's state ``k``: the 29-state layout seed A used for Qwen3-0.6B, where its "lay
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 from transformer_lens.model_bridge import TransformerBridge
 
 from lens_pivotal.fastpath import hf_fast_path
@@ -28,6 +30,7 @@ from lens_pivotal.store import ResidStore, StoreWriter
 
 TextInput = Union[str, Tensor, Sequence[int]]
 PositionInput = Union[int, Sequence[int]]
+MIN_SHARED_PREFIX = 32  # tokens: shorter common prefixes are not worth a separate prefix pass
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ def cache_resid_post(
     out: str | os.PathLike | None = None,
     shard_texts: int = 512,
     fast_path: bool = True,
+    share_prefixes: bool = False,
     progress: bool = True,
 ) -> Float[Tensor, "n_layers n_rows d_model"] | ResidStore:
     """Residual stream after each requested block, at the requested token positions.
@@ -97,6 +101,9 @@ def cache_resid_post(
         shard_texts: texts per shard when writing to ``out``; peak memory is bounded by one shard.
         fast_path: run hook-free attention (as SDPA), MLPs and norms through the HF modules the bridge
             wraps (see :mod:`lens_pivotal.fastpath`); ``False`` keeps the bridge's own eager path.
+        share_prefixes: (causal models) texts that start with the same ``MIN_SHARED_PREFIX`` or more tokens,
+            such as several solutions of one prompt, run that common prefix once and continue from its KV cache;
+            their batches are right-padded whatever ``padding_side`` says. Results are the same either way.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -109,7 +116,8 @@ def cache_resid_post(
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    run = _BatchRunner(model, layout, dtype, padding_side)
+    causal = getattr(model.cfg, "attention_dir", "causal") == "causal"
+    run = _BatchRunner(model, layout, dtype, padding_side, MIN_SHARED_PREFIX if share_prefixes and causal else None)
     kernels = hf_fast_path(model) if fast_path else contextlib.nullcontext()
     if out is None:
         with kernels, _progress_bar(len(rows.tokens), progress) as bar:
@@ -225,14 +233,27 @@ def _manifest(model: TransformerBridge, layout: Layout, dtype: torch.dtype, rows
     }
 
 
+@dataclass
+class _Prefix:
+    """A token prefix shared by several texts: its length, its KV cache, and its states at the kept positions."""
+
+    length: int
+    kv_cache: DynamicCache
+    states: Float[Tensor, "n_layers n_kept d_model"]
+    columns: dict[int, int]
+
+
 class _BatchRunner:
     """Runs padded batches through the model, gathering the kept rows on the device."""
 
-    def __init__(self, model: TransformerBridge, layout: Layout, dtype: torch.dtype, padding_side: str) -> None:
+    def __init__(
+        self, model: TransformerBridge, layout: Layout, dtype: torch.dtype, padding_side: str, min_shared: int | None = None
+    ) -> None:
         self.model = model
         self.layout = layout
         self.dtype = dtype
         self.padding_side = padding_side
+        self.min_shared = min_shared
         self.device = next(model.parameters()).device
         pad = model.tokenizer.pad_token_id if model.tokenizer is not None else None
         self.pad_id = pad if pad is not None else 0
@@ -246,24 +267,56 @@ class _BatchRunner:
         result = torch.empty(
             len(self.layout.hook_names), offsets[text_range.stop] - first, self.model.cfg.d_model, dtype=self.dtype
         )
-        for batch in _length_sorted_batches(rows, text_range, batch_size):
-            destination = torch.tensor(
-                [offsets[index] - first + k for index in batch for k in range(len(rows.positions[index]))]
-            )
-            result[:, destination] = self.batch(rows, batch).cpu()
-            advance(len(batch))
+        for members, prefix_length in _prefix_groups(rows, text_range, self.min_shared):
+            prefix = self.prefix(rows, members, prefix_length) if prefix_length else None
+            for batch in _length_sorted_batches(rows, members, batch_size):
+                destination = torch.tensor(
+                    [offsets[index] - first + k for index in batch for k in range(len(rows.positions[index]))]
+                )
+                result[:, destination] = self.batch(rows, batch, prefix).cpu()
+                advance(len(batch))
         return result
 
+    def prefix(self, rows: Rows, members: list[int], length: int) -> _Prefix:
+        """Run the first ``length`` tokens shared by ``members`` once, keeping the KV cache and the kept states."""
+        kept = sorted({position for index in members for position in rows.positions[index] if position < length})
+        ids = rows.tokens[members[0]][None, :length].to(self.device)
+        kv_cache = DynamicCache()
+        states = self._forward(ids, None, torch.zeros(len(kept), dtype=torch.long), torch.tensor(kept, dtype=torch.long), kv_cache)
+        return _Prefix(length, kv_cache, states, {position: column for column, position in enumerate(kept)})
+
+    def batch(self, rows: Rows, batch: list[int], prefix: _Prefix | None = None) -> Float[Tensor, "n_layers n_kept d_model"]:
+        """One forward pass over ``batch`` (text indices), stopped after the deepest requested block; with a
+        ``prefix``, only the tokens after it run, on a copy of its KV cache."""
+        start = prefix.length if prefix else 0
+        ids, mask, row_index, position_index = self._pad(rows, batch, start)
+        if prefix is None:
+            return self._forward(ids, mask, row_index, position_index)
+        kv_cache = copy.deepcopy(prefix.kv_cache)
+        kv_cache.batch_repeat_interleave(len(batch))
+        mask = torch.cat([torch.ones(len(batch), start, dtype=mask.dtype, device=mask.device), mask], dim=1)
+        suffix_states = self._forward(ids, mask, row_index, position_index, kv_cache)
+        states = torch.cat([prefix.states, suffix_states], dim=1)
+        n_prefix, order, suffix_column = len(prefix.columns), [], 0
+        for index in batch:
+            for position in rows.positions[index]:
+                if position < start:
+                    order.append(prefix.columns[position])
+                else:
+                    order.append(n_prefix + suffix_column)
+                    suffix_column += 1
+        return states[:, torch.tensor(order, device=states.device)]
+
     @torch.inference_mode()
-    def batch(self, rows: Rows, batch: list[int]) -> Float[Tensor, "n_layers n_kept d_model"]:
-        """One forward pass over ``batch`` (text indices), stopped after the deepest requested block."""
-        ids, mask, row_index, position_index = self._pad(rows, batch)
+    def _forward(
+        self, ids: Tensor, mask: Tensor | None, row_index: Tensor, position_index: Tensor, kv_cache: DynamicCache | None = None
+    ) -> Float[Tensor, "n_layers n_kept d_model"]:
         gathered: dict[str, Tensor] = {}
         deepest = max(self.layout.layers)
 
         def keep(name: str, stop: bool) -> Callable:
             def hook(resid: Tensor, hook: object) -> Tensor:
-                gathered[name] = resid[row_index, position_index].to(self.dtype)
+                gathered[name] = resid[row_index.to(resid.device), position_index.to(resid.device)].to(self.dtype)
                 if stop:
                     raise _StopForward
                 return resid
@@ -271,30 +324,70 @@ class _BatchRunner:
             return hook
 
         fwd_hooks = [(name, keep(name, name == resid_post_hook(deepest))) for name in self.layout.hook_names]
+        cache_arguments = {"past_key_values": kv_cache, "use_cache": True} if kv_cache is not None else {"use_cache": False}
         with self.model.hooks(fwd_hooks=fwd_hooks):
             try:
-                self.model(ids, attention_mask=mask, use_cache=False)
+                self.model(ids, attention_mask=mask, **cache_arguments)
             except _StopForward:
                 pass
         return torch.stack([gathered[name] for name in self.layout.hook_names])
 
-    def _pad(self, rows: Rows, batch: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        width = max(len(rows.tokens[index]) for index in batch)
+    def _pad(self, rows: Rows, batch: list[int], start: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Ids and mask of the batch's tokens from ``start`` on, and where its kept positions (from ``start`` on) land."""
+        width = max(len(rows.tokens[index]) for index in batch) - start
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
+        left = self.padding_side == "left" and start == 0
         row_index, position_index = [], []
         for row, index in enumerate(batch):
-            tokens = rows.tokens[index]
-            start = width - len(tokens) if self.padding_side == "left" else 0
-            ids[row, start : start + len(tokens)] = tokens
-            mask[row, start : start + len(tokens)] = 1
-            row_index += [row] * len(rows.positions[index])
-            position_index += [start + position for position in rows.positions[index]]
+            tokens = rows.tokens[index][start:]
+            offset = width - len(tokens) if left else 0
+            ids[row, offset : offset + len(tokens)] = tokens
+            mask[row, offset : offset + len(tokens)] = 1
+            kept = [position - start for position in rows.positions[index] if position >= start]
+            row_index += [row] * len(kept)
+            position_index += [offset + position for position in kept]
         on_device = (ids.to(self.device), mask.to(self.device))
         return (*on_device, torch.tensor(row_index, device=self.device), torch.tensor(position_index, device=self.device))
 
 
-def _length_sorted_batches(rows: Rows, text_range: range, batch_size: int) -> Iterator[list[int]]:
-    ordered = sorted(text_range, key=lambda index: len(rows.tokens[index]), reverse=True)
+def _prefix_groups(rows: Rows, text_range: range, min_shared: int | None) -> Iterator[tuple[list[int], int]]:
+    """``(texts, shared prefix length)``: groups of texts that share at least ``min_shared`` leading tokens (each
+    keeping at least one token of its own), then the rest with prefix length 0."""
+    if not min_shared:
+        yield list(text_range), 0
+        return
+    ordered = sorted(text_range, key=lambda index: rows.tokens[index].tolist())
+    alone: list[int] = []
+    group: list[int] = []
+    shared = 0
+    for index in ordered:
+        common = _common_length(rows.tokens[group[0]], rows.tokens[index]) if group else 0
+        limit = min([len(rows.tokens[member]) for member in (*group, index)]) - 1
+        if group and min(shared, common, limit) >= min_shared:
+            group.append(index)
+            shared = min(shared, common, limit)
+            continue
+        if len(group) > 1:
+            yield group, shared
+        else:
+            alone += group
+        group, shared = [index], len(rows.tokens[index]) - 1
+    if len(group) > 1:
+        yield group, shared
+    else:
+        alone += group
+    if alone:
+        yield alone, 0
+
+
+def _common_length(first: Tensor, second: Tensor) -> int:
+    length = min(len(first), len(second))
+    differs = torch.nonzero(first[:length] != second[:length])
+    return int(differs[0]) if len(differs) else length
+
+
+def _length_sorted_batches(rows: Rows, texts: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    ordered = sorted(texts, key=lambda index: len(rows.tokens[index]), reverse=True)
     for start in range(0, len(ordered), batch_size):
         yield ordered[start : start + batch_size]

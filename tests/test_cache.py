@@ -115,6 +115,35 @@ def test_bos_follows_the_model_and_token_inputs_are_used_as_given(model_and_refe
     assert (string_tokens[0] == bos) == bool(model.cfg.default_prepend_bos)
 
 
+SHARED = (
+    "Question: Sam has three apples and buys four more apples at the market on a sunny day. "
+    "How many apples does Sam have now? Think step by step before you answer. Answer:"
+)
+SHARED_TEXTS = [SHARED + " Seven.", SHARED + " He has 3 + 4 = 7 apples.", SHARED + " 7", "Unrelated short text."]
+SHARED_POSITIONS = [[2, -1], [-3, 5, -1], [-1], [0, -1]]
+
+
+def test_shared_prefixes_match_hf_hidden_states(model_and_reference, fast_path):
+    model, reference = model_and_reference
+    acts = lp.cache_resid_post(
+        model, SHARED_TEXTS, SHARED_POSITIONS, embeddings=True, batch_size=2, padding_side="left",
+        fast_path=fast_path, share_prefixes=True, progress=False,
+    )
+    assert_rows_close(acts, expected_rows(model, reference, SHARED_TEXTS, SHARED_POSITIONS))
+
+
+def test_shared_prefixes_run_once(qwen3):
+    def tokens_run(share: bool) -> int:
+        shapes = []
+        with qwen3.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda t, hook: shapes.append(t.shape[0] * t.shape[1]))]):
+            lp.cache_resid_post(qwen3, SHARED_TEXTS, SHARED_POSITIONS, share_prefixes=share, batch_size=4, progress=False)
+        return sum(shapes)
+
+    prefix = len(qwen3.to_tokens(SHARED)[0])
+    assert prefix >= cache_module.MIN_SHARED_PREFIX
+    assert tokens_run(False) - tokens_run(True) >= 2 * (prefix - 1) - 4
+
+
 def test_layer_subset_is_in_requested_order(qwen3):
     full = lp.cache_resid_post(qwen3, TEXTS, POSITIONS, progress=False)
     subset = lp.cache_resid_post(qwen3, TEXTS, POSITIONS, layers=[2, 0, -2], progress=False)

@@ -63,14 +63,15 @@ class ProbeExamples:
         """``resid_post`` of every example, running each distinct text once (rows in example order).
 
         Keyword arguments go to :func:`lens_pivotal.cache_resid_post` (``layers``, ``embeddings``, ``batch_size``,
-        ``dtype``, ``out``, ...).
+        ``dtype``, ``out``, ...). ``share_prefixes`` defaults to ``True`` here: PTS texts repeat their prompt (and
+        several solutions of one problem their question), which then runs once.
         """
         from lens_pivotal.cache import cache_resid_post
 
         per_text: list[list[int]] = [[] for _ in self.token_ids]
         for text, position in zip(self.text_index, self.positions):
             per_text[text].append(position)
-        acts = cache_resid_post(model, self.token_ids, per_text, **cache_kwargs)
+        acts = cache_resid_post(model, self.token_ids, per_text, **{"share_prefixes": True, **cache_kwargs})
         return acts.load() if hasattr(acts, "load") else acts
 
 
