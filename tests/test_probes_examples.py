@@ -124,7 +124,30 @@ def test_bad_input_errors(qwen3_tok, synthetic_rows, call, message):
 def test_shipped_dataset_maps_all_but_the_two_retokenized_rows(embedded_dir):
     from transformers import AutoTokenizer
 
-    examples = probe_examples(AutoTokenizer.from_pretrained(embedded_dir), lp.pts.load_shipped_pts())
-    assert sum(examples.labels) == 187 and examples.labels.count(0) == 187
+    tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
+    examples = probe_examples(tokenizer, lp.pts.load_shipped_pts())
+    # 34 pivots follow a context another solution's pivot already follows (e.g. "To" and " The" as the first answer
+    # token); answers of at most 24 tokens leave some problems fewer non-pivotal states than pivots.
+    assert examples.repeated_positives == 34 and sum(examples.labels) == 153 and examples.labels.count(0) == 143
     assert len(examples.mismatches) == 2 and all("re-tokenizes differently" in m for m in examples.mismatches)
     assert len(set(examples.groups)) == 46
+    header = "<|im_end|>\n<|im_start|>assistant\n"
+    for text, position in zip(examples.text_index, examples.positions):
+        ids = examples.token_ids[text]
+        predicted_so_far = tokenizer.decode(ids[: position + 2])
+        assert predicted_so_far.count(header) == 2, "the next token of every example lies in the model's answer"
+
+
+def test_solutions_sharing_a_prefix_never_make_a_positive_state_a_negative(qwen3_tok, synthetic_rows):
+    first = synthetic_rows[0]
+    ids = lambda text: qwen3_tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    branch = replace(first, pivot_token=" maybe", pivot_token_id=ids(" maybe")[0])  # another pivot after the same context
+    longer = replace(first, pivot_context=first.pivot_context + " so", pivot_token=" ok", pivot_token_id=ids(" ok")[0])
+    examples = probe_examples(qwen3_tok, [first, branch, longer], negatives_per_positive=50)
+    # branch's only state of its own is its (repeated) positive, so its text holds no example
+    assert len(examples.token_ids) == 2 and examples.repeated_positives == 1 and sum(examples.labels) == 2
+    states: dict[tuple, int] = {}
+    for text, position, label in zip(examples.text_index, examples.positions, examples.labels):
+        state = tuple(examples.token_ids[text][: position + 1])
+        assert state not in states, "each state appears once, with one label"
+        states[state] = label

@@ -7,7 +7,9 @@ solution's longest ``pivot_context + pivot_token`` (seed A's method); each short
 boundary there with the pivot re-tokenizing to ``pivot_token_id`` (and, for rows that record it, at their
 ``position``); rows that fail are reported, not kept. Rows of another sampled solution of the same problem (not a
 prefix of that text) get a tokenization of their own.
-Negatives are other positions of the answer span, never a positive.
+Negatives are other positions of the answer span, never a positive. The answer starts after the query, and after the
+tokenizer's chat-template generation header (e.g. ``<|im_start|>assistant\n``) when the text holds one, so that
+template tokens, which no probe needs a residual stream to recognise, are never negatives.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 from jaxtyping import Float
+from jinja2 import TemplateError
 from torch import Tensor
 
 from lens_pivotal.pts.schema import PivotalToken, load_pts
@@ -32,6 +35,8 @@ class ProbeExamples:
     ``texts[i]`` is the text example ``i`` reads (it repeats once per example it holds), ``positions[i]`` the token
     index whose residual is read, ``labels[i]`` 1 when the NEXT token is pivotal, ``groups[i]`` its problem.
     ``token_ids[text_index[i]]`` is the tokenization the positions index; each distinct text is cached once.
+    ``mismatches`` lists the rows left out and why; ``query_not_found`` counts texts without their query (negatives
+    then come from the whole text); ``repeated_positives`` counts positives already held by another solution's text.
     """
 
     texts: list[str]
@@ -43,6 +48,7 @@ class ProbeExamples:
     source_rows: list[int | None] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
     query_not_found: int = 0
+    repeated_positives: int = 0
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -51,7 +57,8 @@ class ProbeExamples:
         positives = sum(self.labels)
         return (
             f"ProbeExamples({len(self)} examples: {positives} pivotal, {len(self) - positives} not; "
-            f"{len(self.token_ids)} texts, {len(set(self.groups))} groups; {len(self.mismatches)} rows not mapped)"
+            f"{len(self.token_ids)} texts, {len(set(self.groups))} groups; {len(self.mismatches)} rows not mapped, "
+            f"{self.repeated_positives} repeated pivot states)"
         )
 
     @property
@@ -89,7 +96,8 @@ def probe_examples(
             tokenized without added special tokens: PTS contexts already hold the prompt exactly as the model saw it.
         rows: PTS rows (:class:`~lens_pivotal.pts.PtsData`, a list of :class:`~lens_pivotal.pts.PivotalToken`) or a
             path/hub id for :func:`~lens_pivotal.pts.load_pts`.
-        negatives_per_positive: negatives drawn per positive in each text (fewer where the answer is too short).
+        negatives_per_positive: negatives drawn per positive in each problem, from the answer positions of all its
+            texts (fewer where the answers are too short).
         seed: seed of the negative sampling.
 
     Returns:
@@ -129,6 +137,19 @@ def group_split(
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
+def _generation_header(tokenizer: Any) -> str:
+    """What the chat template adds to open the assistant's turn (``""`` without a template)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return ""
+    messages = [{"role": "user", "content": "x"}]
+    try:
+        opened = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        closed = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    except (TemplateError, ValueError):
+        return ""
+    return opened[len(closed):] if opened.startswith(closed) else ""
+
+
 def _rows_by_problem(rows: list[PivotalToken]) -> dict[tuple[str, str], list[tuple[int, PivotalToken]]]:
     grouped: dict[tuple[str, str], list[tuple[int, PivotalToken]]] = {}
     for index, row in enumerate(rows):
@@ -153,6 +174,15 @@ class _Text:
     answer_start: int
     group: str
     positives: dict[int, int] = field(default_factory=dict)
+    negatives: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # keys[p] identifies ids[: p + 1], i.e. the residual state at p: texts of one problem share their prefixes.
+        self.keys: list[int] = []
+        running = 0
+        for token in self.ids:
+            running = hash((running, token))
+            self.keys.append(running)
 
 
 class _ExampleBuilder:
@@ -163,6 +193,8 @@ class _ExampleBuilder:
         self.texts: list[_Text] = []
         self.mismatches: list[str] = []
         self.query_not_found = 0
+        self.repeated_positives = 0
+        self.answer_header = _generation_header(tokenizer)
 
     def add_problem(self, group: str, members: list[tuple[int, PivotalToken]]) -> None:
         """Map the problem's rows, longest first, onto the solution texts they prefix."""
@@ -174,7 +206,36 @@ class _ExampleBuilder:
                 text = self._tokenize(full, row.query, group)
                 texts.append(text)
             self._map(index, row, text)
-        self.texts += [text for text in texts if text.positives]
+        texts = [text for text in texts if text.positives]
+        self._drop_repeated_positives(texts)
+        self._sample_negatives(texts)
+        self.texts += [text for text in texts if text.positives or text.negatives]
+
+    def _drop_repeated_positives(self, texts: list[_Text]) -> None:
+        """Solutions that share a prefix share its states: a positive state another text already holds (another pivot
+        after the same context) is dropped."""
+        seen: set[int] = set()
+        for text in texts:
+            for position in list(text.positives):
+                if text.keys[position] in seen:
+                    del text.positives[position]
+                    self.repeated_positives += 1
+                seen.add(text.keys[position])
+
+    def _sample_negatives(self, texts: list[_Text]) -> None:
+        """Negatives for one problem, drawn from the answer positions of all its texts; a state that is positive in
+        any text is never a negative (whichever token followed it there), and no state is drawn twice."""
+        seen = {text.keys[position] for text in texts for position in text.positives}
+        candidates = []
+        for number, text in enumerate(texts):
+            # A position predicts the token after it: the answer's predictors start one before its first token.
+            for position in range(max(text.answer_start - 1, 0), len(text.ids) - 1):
+                if text.keys[position] not in seen:
+                    seen.add(text.keys[position])
+                    candidates.append((number, position))
+        wanted = min(round(self.ratio * sum(len(text.positives) for text in texts)), len(candidates))
+        for number, position in self.rng.sample(candidates, wanted):
+            texts[number].negatives.append(position)
 
     def _tokenize(self, string: str, query: str, group: str) -> _Text:
         encoded = self.tokenizer(string, add_special_tokens=False, return_offsets_mapping=True)
@@ -187,8 +248,10 @@ class _ExampleBuilder:
             self.query_not_found += 1
             answer_start = 0
         else:
-            query_end = query_at + len(query)
-            answer_start = min((token for start, token in starts.items() if start >= query_end), default=len(starts))
+            answer_at = query_at + len(query)
+            header_at = string.find(self.answer_header, answer_at) if self.answer_header else -1
+            answer_at = header_at + len(self.answer_header) if header_at >= 0 else answer_at
+            answer_start = min((token for start, token in starts.items() if start >= answer_at), default=len(starts))
         return _Text(string, list(encoded["input_ids"]), starts, answer_start, group)
 
     def _map(self, index: int, row: PivotalToken, text: _Text) -> None:
@@ -211,12 +274,13 @@ class _ExampleBuilder:
             text.positives.setdefault(pivot - 1, index)
 
     def finish(self) -> ProbeExamples:
-        """Sample negatives per text and lay every example out in text, then position, order."""
-        examples = ProbeExamples([], [], [], [], [], [], [], self.mismatches, self.query_not_found)
+        """Lay every example out in text, then position, order."""
+        examples = ProbeExamples(
+            [], [], [], [], [], [], [], self.mismatches, self.query_not_found, self.repeated_positives
+        )
         for text_number, text in enumerate(self.texts):
             labelled = {position: (1, row) for position, row in text.positives.items()}
-            for position in self._negatives(text):
-                labelled[position] = (0, None)
+            labelled.update({position: (0, None) for position in text.negatives})
             examples.token_ids.append(text.ids)
             for position in sorted(labelled):
                 label, row = labelled[position]
@@ -227,12 +291,3 @@ class _ExampleBuilder:
                 examples.text_index.append(text_number)
                 examples.source_rows.append(row)
         return examples
-
-    def _negatives(self, text: _Text) -> list[int]:
-        # A position predicts the token after it: the answer span's predictors start one before its first token.
-        candidates = [
-            position for position in range(max(text.answer_start - 1, 0), len(text.ids) - 1)
-            if position not in text.positives
-        ]
-        wanted = min(round(self.ratio * len(text.positives)), len(candidates))
-        return self.rng.sample(candidates, wanted)
