@@ -177,6 +177,12 @@ def balanced_log_loss(model: LogisticRegression, x: np.ndarray, y: np.ndarray) -
     return log_loss(y, model.predict_proba(x)[:, 1], sample_weight=weights, labels=[0, 1])
 
 
+def cv_loss(x: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float) -> float:
+    """Mean over folds of :func:`balanced_log_loss` on the fold, fitted on the other folds."""
+    outside = [balanced_fit(x[folds != k], y[folds != k], l2) for k in np.unique(folds)]
+    return float(np.mean([balanced_log_loss(model, x[folds == k], y[folds == k]) for k, model in zip(np.unique(folds), outside)]))
+
+
 def sklearn_cv(data: ProbeData, split: Split) -> np.ndarray:
     """Held-out AUROC per layer of ours_default's recipe with sklearn: standardise, grouped CV over the L2 grid, refit."""
     y_train, y_heldout = data.labels[split.train], data.labels[split.heldout]
@@ -185,12 +191,8 @@ def sklearn_cv(data: ProbeData, split: Split) -> np.ndarray:
     for x in data.acts.double().numpy():
         mean, scale = x[split.train].mean(0), np.maximum(x[split.train].std(0, ddof=1), 1e-6)
         train, heldout = (x[split.train] - mean) / scale, (x[split.heldout] - mean) / scale
-        cv_loss = [
-            np.mean([balanced_log_loss(balanced_fit(train[folds != k], y_train[folds != k], l2), train[folds == k], y_train[folds == k])
-                     for k in np.unique(folds)])
-            for l2 in SETTINGS.l2_grid
-        ]
-        model = balanced_fit(train, y_train, SETTINGS.l2_grid[int(np.argmin(cv_loss))])
+        losses = {l2: cv_loss(train, y_train, folds, l2) for l2 in SETTINGS.l2_grid}
+        model = balanced_fit(train, y_train, min(losses, key=losses.get))
         aurocs.append(roc_auc_score(y_heldout, model.predict_proba(heldout)[:, 1]))
     return np.array(aurocs)
 
