@@ -48,8 +48,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import alternate, machine_description, today  # noqa: E402
 
-from lens_pivotal.probes import SEED_A_SETTINGS, ProbeSettings, group_split, train_probes  # noqa: E402
-from lens_pivotal.probes.layer_probes import _group_folds  # noqa: E402  (ours_default's CV folds, for sklearn_cv)
+from lens_pivotal.probes import SEED_A_SETTINGS, ProbeSettings, group_folds, group_split, train_probes  # noqa: E402
 
 SETTINGS = ProbeSettings()
 SKLEARN_MAX_ITER = 10_000
@@ -186,7 +185,7 @@ def cv_loss(x: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float) -> float
 def sklearn_cv(data: ProbeData, split: Split) -> np.ndarray:
     """Held-out AUROC per layer of ours_default's recipe with sklearn: standardise, grouped CV over the L2 grid, refit."""
     y_train, y_heldout = data.labels[split.train], data.labels[split.heldout]
-    folds = _group_folds([data.groups[i] for i in split.train], SETTINGS.cv_folds, SETTINGS.seed).numpy()
+    folds = group_folds([data.groups[i] for i in split.train], SETTINGS.cv_folds, SETTINGS.seed).numpy()
     aurocs = []
     for x in data.acts.double().numpy():
         mean, scale = x[split.train].mean(0), np.maximum(x[split.train].std(0, ddof=1), 1e-6)

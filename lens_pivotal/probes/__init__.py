@@ -6,7 +6,7 @@
     probes.save("probes/"); probes.score_text(model, "Some new text")
 """
 
-from lens_pivotal.probes.examples import ProbeExamples, group_split, probe_examples
+from lens_pivotal.probes.examples import ProbeExamples, group_folds, group_split, probe_examples
 from lens_pivotal.probes.layer_probes import SEED_A_SETTINGS, LayerProbes, ProbeConfig, ProbeSettings, train_probes
 from lens_pivotal.probes.metrics import LayerMetrics, heldout_metrics
 
@@ -17,6 +17,7 @@ __all__ = [
     "ProbeExamples",
     "ProbeSettings",
     "SEED_A_SETTINGS",
+    "group_folds",
     "group_split",
     "heldout_metrics",
     "probe_examples",

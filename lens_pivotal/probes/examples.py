@@ -137,6 +137,16 @@ def group_split(
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
+def group_folds(groups: Sequence[str], n_folds: int, seed: int = 0) -> Tensor:
+    """Fold index per example for grouped cross-validation: whole groups per fold, shuffled and dealt round-robin
+    (``min(n_folds, n_groups)`` folds)."""
+    names = sorted(set(groups))
+    np.random.default_rng(seed).shuffle(names)
+    n_folds = min(n_folds, len(names))
+    fold_of = {name: index % n_folds for index, name in enumerate(names)}
+    return torch.tensor([fold_of[group] for group in groups])
+
+
 def _generation_header(tokenizer: Any) -> str:
     """What the chat template adds to open the assistant's turn (``""`` without a template)."""
     if not getattr(tokenizer, "chat_template", None):

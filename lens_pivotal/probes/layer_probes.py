@@ -23,7 +23,7 @@ from torch import Tensor
 
 from lens_pivotal.cache import Layout, resolve_layers
 from lens_pivotal.paths import atomic_dir
-from lens_pivotal.probes.examples import group_split
+from lens_pivotal.probes.examples import group_folds, group_split
 from lens_pivotal.probes.metrics import LayerMetrics, auroc, heldout_metrics
 from lens_pivotal.probes.training import Heads, balanced_weights, fit_adam, fit_lbfgs, head_losses
 
@@ -40,8 +40,8 @@ class ProbeSettings:
     ``l2=None`` picks each layer's L2 from ``l2_grid`` by grouped ``cv_folds``-fold cross-validation on the training
     groups (lowest held-out log loss); with ``solver="adam"`` it means no penalty. ``val_fraction`` of the groups
     is held out for the reported metrics; with Adam the same fraction of the training groups chooses the best epoch.
-    Training runs in ``dtype``: float64 lets L-BFGS converge to scikit-learn's optimum, where float32's rounding of
-    the summed objective stops its line search early.
+    Training runs in ``dtype``, by default float64 for L-BFGS (float32's rounding of the summed objective stops its
+    line search short of scikit-learn's optimum) and float32 for Adam.
     """
 
     solver: str = "lbfgs"
@@ -57,7 +57,7 @@ class ProbeSettings:
     max_iter: int = 500
     n_bootstrap: int = 1000
     seed: int = 0
-    dtype: str = "float64"
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -66,10 +66,12 @@ class ProbeSettings:
             raise ValueError(f"class_weight must be 'balanced' or None, got {self.class_weight!r}")
         if self.l2 is not None and self.l2 < 0 or any(value < 0 for value in self.l2_grid) or not self.l2_grid:
             raise ValueError(f"l2 and l2_grid must be non-negative (got l2={self.l2!r}, l2_grid={self.l2_grid!r})")
-        if self.dtype not in ("float32", "float64"):
+        if self.dtype not in (None, "float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+        if self.dtype is None:
+            object.__setattr__(self, "dtype", "float64" if self.solver == "lbfgs" else "float32")
         for name in ("cv_folds", "epochs", "batch_size", "max_iter"):
             if getattr(self, name) < (2 if name == "cv_folds" else 1):
                 raise ValueError(f"{name} must be positive (cv_folds at least 2), got {getattr(self, name)}")
@@ -357,17 +359,20 @@ class LayerProbes:
             return torch.full((self.n_layers,), settings.l2 or 0.0).to(x)
         if len(set(groups)) < 2:
             raise ValueError("choosing l2 by grouped cross-validation needs at least 2 training groups; pass l2=...")
-        folds = _group_folds(groups, settings.cv_folds, settings.seed).to(x.device)
-        n_folds, grid = int(folds.max()) + 1, torch.tensor(settings.l2_grid, dtype=torch.float64).to(x)
-        fold_of_head = torch.arange(n_folds, device=x.device).repeat(len(grid))
-        outside = (folds.unsqueeze(0) != fold_of_head.unsqueeze(1)).to(x.dtype)  # [heads, n]
-        labels = y.unsqueeze(0).expand(len(fold_of_head), -1)
-        heads = fit_lbfgs(x, labels, self._weights(labels, outside), grid.repeat_interleave(n_folds), max_iter=settings.max_iter)
-        inside = 1 - outside
-        losses = head_losses(heads, x, labels, self._weights(labels, inside), torch.zeros(1).to(x))
-        cv_loss = losses.view(self.n_layers, len(grid), n_folds).mean(-1)
-        self.config.cv_loss = cv_loss.tolist()
-        return grid[cv_loss.argmin(-1)]
+        folds = group_folds(groups, settings.cv_folds, settings.seed).to(x.device)
+        n_folds = int(folds.max()) + 1
+        outside = (folds.unsqueeze(0) != torch.arange(n_folds, device=x.device).unsqueeze(1)).to(x.dtype)  # [folds, n]
+        labels = y.unsqueeze(0).expand(n_folds, -1)
+        fit_weights, check_weights = self._weights(labels, outside), self._weights(labels, 1 - outside)
+        # Along the L2 path from the strongest penalty: each solve has heads of like curvature and starts close by.
+        heads, cv_loss = None, {}
+        for l2 in sorted(settings.l2_grid, reverse=True):
+            penalty = torch.tensor(l2, dtype=torch.float64).to(x)
+            heads = fit_lbfgs(x, labels, fit_weights, penalty, max_iter=settings.max_iter, init=heads)
+            cv_loss[l2] = head_losses(heads, x, labels, check_weights, torch.zeros(1).to(x)).mean(-1)
+        table = torch.stack([cv_loss[l2] for l2 in settings.l2_grid], dim=-1)  # [n_layers, n_grid], grid order
+        self.config.cv_loss = table.tolist()
+        return torch.tensor(settings.l2_grid, dtype=torch.float64).to(x)[table.argmin(-1)]
 
     def _record_results(self, scores: Tensor, labels: Tensor, groups: list[str], l2: Tensor, n_train: int) -> None:
         settings = self.config.settings
@@ -430,12 +435,3 @@ def _as_labels(labels: Any, n_rows: int) -> Tensor:
         bad = int(torch.nonzero((y != 0) & (y != 1))[0])
         raise ValueError(f"labels must be 0 or 1; row {bad} is {y[bad].item()!r}")
     return y
-
-
-def _group_folds(groups: list[str], n_folds: int, seed: int) -> Tensor:
-    """Fold index per example, whole groups per fold, groups shuffled and dealt round-robin."""
-    names = sorted(set(groups))
-    np.random.default_rng(seed).shuffle(names)
-    n_folds = min(n_folds, len(names))
-    fold_of = {name: index % n_folds for index, name in enumerate(names)}
-    return torch.tensor([fold_of[group] for group in groups])

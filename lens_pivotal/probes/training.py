@@ -57,9 +57,18 @@ def fit_lbfgs(
     *,
     max_iter: int = 500,
     tolerance: float = 1e-6,
+    init: Heads | None = None,
 ) -> Heads:
-    """Full-batch L-BFGS (strong-Wolfe line search) on the sum of all heads' objectives."""
+    """Full-batch L-BFGS (strong-Wolfe line search) on the sum of all heads' objectives, from zero or ``init``.
+
+    One line search serves every head, so heads of very different curvature (e.g. very different L2) slow each other
+    down: solve those one group at a time, warm-started (see ``LayerProbes``' L2 path).
+    """
     heads = zero_heads(x.shape[0], labels.shape[0], x.shape[-1], x)
+    if init is not None:
+        with torch.no_grad():
+            heads.weight.copy_(init.weight)
+            heads.bias.copy_(init.bias)
     optimizer = torch.optim.LBFGS(
         [heads.weight, heads.bias], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
         tolerance_grad=tolerance, tolerance_change=1e-12,
@@ -91,28 +100,41 @@ def fit_adam(
     """Minibatch Adam (seed A's method), keeping for each head the epoch with the lowest validation loss.
 
     ``validation`` is ``(x_val, labels_val, weights_val)`` shaped like the training arguments. Every head sees the
-    same shuffled minibatches; Adam's update is per parameter, so heads stay independent.
+    same shuffled minibatches; Adam's update is per parameter, so heads stay independent. Gradients come from
+    :func:`loss_gradients` rather than autograd: the steps are tiny and cost per-operation overhead, so fewer
+    operations per step is what makes one batched step cheap.
     """
-    heads = zero_heads(x.shape[0], labels.shape[0], x.shape[-1], x)
+    n_layers, n_heads, d_model = x.shape[0], labels.shape[0], x.shape[-1]
+    heads = Heads(torch.zeros(n_layers, n_heads, d_model).to(x), torch.zeros(n_layers, n_heads).to(x))
     optimizer = torch.optim.Adam([heads.weight, heads.bias], lr=lr)
-    best = Heads(heads.weight.detach().clone(), heads.bias.detach().clone())
-    best_loss = torch.full(heads.bias.shape, float("inf"), dtype=x.dtype, device=x.device)
+    best = Heads(heads.weight.clone(), heads.bias.clone())
+    best_loss = torch.full(heads.bias.shape, float("inf")).to(x)
+    l2 = torch.as_tensor(l2).to(x).expand(n_layers, n_heads)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         order = torch.randperm(x.shape[1], generator=generator).to(x.device)
-        for batch in order.split(batch_size):
-            optimizer.zero_grad()
-            with torch.enable_grad():
-                loss = head_losses(heads, x[:, batch], labels[:, batch], weights[:, batch], l2).sum()
-                loss.backward()
+        shuffled_x, shuffled_labels, shuffled_weights = x[:, order], labels[:, order], weights[:, order]
+        for start in range(0, x.shape[1], batch_size):
+            batch = slice(start, start + batch_size)
+            heads.weight.grad, heads.bias.grad = loss_gradients(
+                heads, shuffled_x[:, batch], shuffled_labels[:, batch], shuffled_weights[:, batch], l2
+            )
             optimizer.step()
-        with torch.no_grad():
-            validation_loss = head_losses(heads, *validation, torch.zeros_like(l2))
-            improved = validation_loss < best_loss
-            best_loss = torch.where(improved, validation_loss, best_loss)
-            best.weight[improved] = heads.weight[improved]
-            best.bias[improved] = heads.bias[improved]
+        validation_loss = head_losses(heads, *validation, torch.zeros(1).to(x))
+        improved = validation_loss < best_loss
+        best_loss = torch.where(improved, validation_loss, best_loss)
+        best.weight[improved] = heads.weight[improved]
+        best.bias[improved] = heads.bias[improved]
     return best
+
+
+def loss_gradients(
+    heads: Heads, x: Tensor, labels: Tensor, weights: Tensor, l2: Tensor
+) -> tuple[Float[Tensor, "n_layers n_heads d_model"], Float[Tensor, "n_layers n_heads"]]:
+    """Gradients of :func:`head_losses` with respect to ``heads.weight`` and ``heads.bias``, without autograd."""
+    logits = torch.baddbmm(heads.bias.unsqueeze(-1), heads.weight, x.transpose(1, 2))
+    residual = (torch.sigmoid(logits) - labels) * (weights / weights.sum(-1, keepdim=True).clamp_min(1e-12))
+    return torch.baddbmm(l2.unsqueeze(-1) * heads.weight, residual, x), residual.sum(-1)
 
 
 def balanced_weights(labels: Float[Tensor, "n_heads n"], mask: Float[Tensor, "n_heads n"]) -> Float[Tensor, "n_heads n"]:

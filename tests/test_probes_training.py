@@ -1,0 +1,52 @@
+"""The batched trainer: hand-written gradients equal autograd's, heads are independent, warm starts, weighting."""
+
+from __future__ import annotations
+
+import torch
+
+from lens_pivotal.probes.examples import group_folds
+from lens_pivotal.probes.training import Heads, balanced_weights, fit_lbfgs, head_losses, loss_gradients
+
+
+def problem(seed=0, n_layers=3, n_heads=4, n=50, d_model=7):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_layers, n, d_model, generator=generator, dtype=torch.float64)
+    labels = (torch.rand(n_heads, n, generator=generator) < 0.3).double()
+    weights = torch.rand(n_heads, n, generator=generator, dtype=torch.float64)
+    return x, labels, weights
+
+
+def test_loss_gradients_match_autograd():
+    x, labels, weights = problem()
+    weight = torch.randn(3, 4, 7, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    l2 = torch.tensor([[0.0, 0.1, 1.0, 3.0]], dtype=torch.float64).expand(3, 4)
+    head_losses(Heads(weight, bias), x, labels, weights, l2).sum().backward()
+    grad_weight, grad_bias = loss_gradients(Heads(weight.detach(), bias.detach()), x, labels, weights, l2)
+    assert torch.allclose(grad_weight, weight.grad, atol=1e-12) and torch.allclose(grad_bias, bias.grad, atol=1e-12)
+
+
+def test_heads_fitted_together_equal_heads_fitted_alone():
+    x, labels, weights = problem(1)
+    together = fit_lbfgs(x, labels, weights, torch.tensor(0.05, dtype=torch.float64))
+    alone = fit_lbfgs(x[1:2], labels[2:3], weights[2:3], torch.tensor(0.05, dtype=torch.float64))
+    assert torch.allclose(together.weight[1, 2], alone.weight[0, 0], atol=1e-5)
+    warm = fit_lbfgs(x, labels, weights, torch.tensor(0.05, dtype=torch.float64), init=together, max_iter=3)
+    assert torch.allclose(warm.weight, together.weight, atol=1e-5), "a warm start at the optimum stays there"
+
+
+def test_balanced_weights_give_each_class_half():
+    labels = torch.tensor([[1.0, 0, 0, 0, 1, 0]])
+    mask = torch.tensor([[1.0, 1, 1, 1, 1, 0]])
+    weights = balanced_weights(labels, mask)
+    assert weights[0, 5] == 0
+    assert (weights * labels).sum() == (weights * (1 - labels)).sum() == mask.sum() / 2
+
+
+def test_group_folds_keep_groups_whole():
+    groups = [f"g{i % 11}" for i in range(100)]
+    folds = group_folds(groups, 5, seed=2)
+    assert set(folds.tolist()) == set(range(5))
+    for group in set(groups):
+        assert len({int(folds[i]) for i, g in enumerate(groups) if g == group}) == 1
+    assert int(group_folds(["a", "b", "a"], 5).max()) == 1
