@@ -10,7 +10,7 @@ layer's held-out AUROC. They run in alternation in one process; ratios are media
   with the lowest validation loss. The validation rows are the ones ``train_probes`` uses for Adam: a grouped split
   (same fraction, seed + 1) of the training groups, which are then not trained on.
 * ``ours_adam``: ``train_probes(acts, labels, groups=groups, **SEED_A_SETTINGS)``: the same method on all layers
-  at once (float64, zero initialisation, and a shuffled-label control head per layer trained alongside).
+  at once (float32, zero initialisation, and a shuffled-label control head per layer trained alongside).
 * ``ours_default``: ``train_probes(acts, labels, groups=groups)``: standardised inputs, balanced class weights,
   L-BFGS in float64, L2 per layer chosen from a grid by grouped 5-fold cross-validation (plus the control head).
 * ``sklearn``: ``LogisticRegression(C=1)`` per layer on the raw training rows (seed A's sklearn baseline).

@@ -31,6 +31,7 @@ FORMAT = "lens_pivotal.layer_probes/1"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "probes.safetensors"
 SOLVERS = ("lbfgs", "adam")
+CV_PATIENCE = 2  # grid steps past every layer's best CV loss before the L2 path stops
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class ProbeSettings:
     """How probes are trained and evaluated (saved with them).
 
     ``l2=None`` picks each layer's L2 from ``l2_grid`` by grouped ``cv_folds``-fold cross-validation on the training
-    groups (lowest held-out log loss); with ``solver="adam"`` it means no penalty. ``val_fraction`` of the groups
+    groups (lowest held-out log loss; ``cv_loss`` in the config, ``None`` where the path stopped early); with
+    ``solver="adam"`` it means no penalty. ``val_fraction`` of the groups
     is held out for the reported metrics; with Adam the same fraction of the training groups chooses the best epoch.
     Training runs in ``dtype``, by default float64 for L-BFGS (float32's rounding of the summed objective stops its
     line search short of scikit-learn's optimum) and float32 for Adam.
@@ -195,7 +197,7 @@ class LayerProbes:
         train, heldout = group_split(groups, test_fraction=settings.val_fraction, seed=settings.seed)
         train_groups = [groups[i] for i in train]
         self._fit_standardization(x[:, train])
-        x = self._standardized(x)
+        x = self._standardized(x) if settings.standardize else x
         l2 = self._choose_l2(x[:, train], y[train], train_groups)
         shuffled = y[train][torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed))]
         heads = self._fit_heads(x[:, train], torch.stack([y[train], shuffled]), train_groups, l2.unsqueeze(-1).expand(-1, 2))
@@ -365,13 +367,19 @@ class LayerProbes:
         labels = y.unsqueeze(0).expand(n_folds, -1)
         fit_weights, check_weights = self._weights(labels, outside), self._weights(labels, 1 - outside)
         # Along the L2 path from the strongest penalty: each solve has heads of like curvature and starts close by.
+        # Weak penalties are the slow solves (n < d_model makes the data separable), so the path stops once every
+        # layer's CV loss has risen for CV_PATIENCE steps past its minimum.
         heads, cv_loss = None, {}
         for l2 in sorted(settings.l2_grid, reverse=True):
             penalty = torch.tensor(l2, dtype=torch.float64).to(x)
             heads = fit_lbfgs(x, labels, fit_weights, penalty, max_iter=settings.max_iter, init=heads)
             cv_loss[l2] = head_losses(heads, x, labels, check_weights, torch.zeros(1).to(x)).mean(-1)
-        table = torch.stack([cv_loss[l2] for l2 in settings.l2_grid], dim=-1)  # [n_layers, n_grid], grid order
-        self.config.cv_loss = table.tolist()
+            path = torch.stack(list(cv_loss.values()), dim=-1)
+            if path.shape[-1] > CV_PATIENCE and bool((path.argmin(-1) < path.shape[-1] - CV_PATIENCE).all()):
+                break
+        missing = torch.full((self.n_layers,), float("inf")).to(x)
+        table = torch.stack([cv_loss.get(l2, missing) for l2 in settings.l2_grid], dim=-1)  # [n_layers, n_grid]
+        self.config.cv_loss = [[value if value != float("inf") else None for value in row] for row in table.tolist()]
         return torch.tensor(settings.l2_grid, dtype=torch.float64).to(x)[table.argmin(-1)]
 
     def _record_results(self, scores: Tensor, labels: Tensor, groups: list[str], l2: Tensor, n_train: int) -> None:
