@@ -196,13 +196,15 @@ class LayerProbes:
         x, y, groups = self._check_training_data(acts.to(getattr(torch, settings.dtype)), labels, groups)
         train, heldout = group_split(groups, test_fraction=settings.val_fraction, seed=settings.seed)
         train_groups = [groups[i] for i in train]
-        self._fit_standardization(x[:, train])
-        x = self._standardized(x) if settings.standardize else x
-        l2 = self._choose_l2(x[:, train], y[train], train_groups)
+        train_x, heldout_x = x[:, train], x[:, heldout]
+        self._fit_standardization(train_x)
+        if settings.standardize:
+            train_x, heldout_x = self._standardized(train_x), self._standardized(heldout_x)
+        l2 = self._choose_l2(train_x, y[train], train_groups)
         shuffled = y[train][torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed))]
-        heads = self._fit_heads(x[:, train], torch.stack([y[train], shuffled]), train_groups, l2.unsqueeze(-1).expand(-1, 2))
+        heads = self._fit_heads(train_x, torch.stack([y[train], shuffled]), train_groups, l2.unsqueeze(-1).expand(-1, 2))
         self.weight, self.bias = heads.weight[:, 0].float().cpu(), heads.bias[:, 0].float().cpu()
-        scores = torch.sigmoid(heads.logits(x[:, heldout])).cpu()
+        scores = torch.sigmoid(heads.logits(heldout_x)).cpu()
         self._record_results(scores, y[heldout].cpu(), [groups[i] for i in heldout], l2, len(train))
         self.fitted = True
         return self

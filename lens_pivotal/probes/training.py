@@ -141,7 +141,9 @@ def loss_gradients(
     """Gradients of :func:`head_losses` with respect to ``heads.weight`` and ``heads.bias``, without autograd."""
     logits = torch.baddbmm(heads.bias.unsqueeze(-1), heads.weight, x.transpose(1, 2))
     residual = (torch.sigmoid(logits) - labels) * (weights / weights.sum(-1, keepdim=True).clamp_min(1e-12))
-    return torch.baddbmm(l2.unsqueeze(-1) * heads.weight, residual, x), residual.sum(-1)
+    data_gradient = torch.bmm(residual, x)
+    penalised = data_gradient if not l2.any() else data_gradient.add_(l2.unsqueeze(-1) * heads.weight)
+    return penalised, residual.sum(-1)
 
 
 def balanced_weights(labels: Float[Tensor, "n_heads n"], mask: Float[Tensor, "n_heads n"]) -> Float[Tensor, "n_heads n"]:
