@@ -30,6 +30,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield scratch
+        _give_default_permissions(scratch)
         try:
             os.replace(scratch, target)
         except OSError:
@@ -47,8 +48,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        _give_default_permissions(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _give_default_permissions(root: Path) -> None:
+    """The modes a plain ``open``/``mkdir`` would have given (``tempfile`` makes scratch files private to us)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)

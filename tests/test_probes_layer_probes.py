@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -79,6 +80,11 @@ def test_save_load_round_trip_is_exact(fitted, tmp_path):
         assert torch.equal(getattr(loaded, name), getattr(probes, name))
     assert torch.equal(loaded.predict_proba(acts), probes.predict_proba(acts))
     assert loaded.config == probes.config and loaded.best_layer == PLANTED
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("", "config.json", "probes.safetensors"):  # as open() would make them, not private scratch files
+        mode = (tmp_path / "probes" / name).stat().st_mode & 0o777
+        assert mode == (0o777 if not name else 0o666) & ~umask
     saved = json.loads((tmp_path / "probes" / "config.json").read_text())
     assert saved["settings"]["solver"] == "lbfgs" and len(saved["hook_names"]) == 5 and "metrics" in saved
 
