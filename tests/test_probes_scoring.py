@@ -60,7 +60,11 @@ def test_hook_composes_with_user_hooks_and_is_always_removed(probes, tiny_qwen3_
 
 
 def test_generate_with_scores_matches_scoring_the_finished_text(probes, tiny_qwen3_model):
-    generated = generate_with_scores(tiny_qwen3_model, probes, TEXTS[0], max_new_tokens=6, do_sample=False, layer=1)
+    live = []
+    generated = generate_with_scores(
+        tiny_qwen3_model, probes, TEXTS[0], max_new_tokens=6, do_sample=False, layer=1, on_score=live.append
+    )
+    assert live[:6] == pytest.approx(generated.scores.tolist(), abs=1e-6), "each score reaches on_score before its token"
     assert len(generated.token_ids) == len(generated.scores) == 6
     whole = probes.score_text(tiny_qwen3_model, generated.prompt_ids + generated.token_ids, layer=1).scores[0]
     start = len(generated.prompt_ids) - 1

@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -292,11 +292,12 @@ class LayerProbes:
 
         return ProbeRecorder(self, self.best_layer if layer is None else layer)
 
-    def recording(self, model: Any, layer: int | None = None) -> Any:
-        """Context manager attaching :meth:`hook` to ``model`` and yielding the recorder; always detached after."""
+    def recording(self, model: Any, layer: int | None = None, on_score: Callable[[Tensor], object] | None = None) -> Any:
+        """Context manager attaching :meth:`hook` to ``model`` and yielding the recorder; always detached after.
+        ``on_score`` is called with the last position's scores after each forward pass."""
         from lens_pivotal.probes.scoring import recording
 
-        return recording(self, model, layer)
+        return recording(self, model, layer, on_score)
 
     def __repr__(self) -> str:
         config = self.config

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float
@@ -77,10 +77,12 @@ class ProbeRecorder:
     Use it like any hook: ``model.hooks(fwd_hooks=[recorder.fwd_hook])``, ``run_with_hooks``, or
     :meth:`LayerProbes.recording`. It never changes the activation, so it composes with other hooks. Each forward
     pass appends ``[batch, pos]`` probabilities to :attr:`scores`; during KV-cached ``generate`` the prompt pass is
-    followed by one-position steps, which :meth:`concatenated` joins along positions.
+    followed by one-position steps, which :meth:`concatenated` joins along positions. ``on_score``, if given, is
+    called after each pass with the last position's scores ``[batch]``: during ``generate``, the probe's belief that
+    the token about to be sampled is pivotal, before it is sampled.
     """
 
-    def __init__(self, probes: LayerProbes, layer: int) -> None:
+    def __init__(self, probes: LayerProbes, layer: int, on_score: Callable[[Tensor], object] | None = None) -> None:
         if not 0 <= layer < probes.n_layers:
             raise IndexError(f"layer {layer} is out of range: these probes cover {probes.n_layers} layers")
         self.layer = layer
@@ -88,6 +90,7 @@ class ProbeRecorder:
         self.layer_label = probes.layer_labels[layer]
         self._weight, self._bias = probes.weight[layer], probes.bias[layer]
         self._mean, self._scale = probes.mean[layer], probes.scale[layer]
+        self.on_score = on_score
         self.scores: list[Tensor] = []
 
     @property
@@ -100,6 +103,8 @@ class ProbeRecorder:
             x = (resid.float() - self._mean.to(resid.device)) / self._scale.to(resid.device)
             logits = x @ self._weight.to(resid.device) + self._bias.to(resid.device)
             self.scores.append(torch.sigmoid(logits).cpu())
+        if self.on_score is not None:
+            self.on_score(self.scores[-1][:, -1])
 
     def concatenated(self) -> Float[Tensor, "batch total_pos"]:
         """Every recorded pass joined along positions (prompt pass, then each decode step)."""
@@ -113,10 +118,12 @@ class ProbeRecorder:
 
 
 @contextlib.contextmanager
-def recording(probes: LayerProbes, model: Any, layer: int | None = None) -> Iterator[ProbeRecorder]:
+def recording(
+    probes: LayerProbes, model: Any, layer: int | None = None, on_score: Callable[[Tensor], object] | None = None
+) -> Iterator[ProbeRecorder]:
     """Attach a :class:`ProbeRecorder` to ``model`` for the ``with`` block; the hook is always removed after."""
     probes.check_model(model)
-    recorder = probes.hook(layer)
+    recorder = ProbeRecorder(probes, probes.best_layer if layer is None else layer, on_score)
     with model.hooks(fwd_hooks=[recorder.fwd_hook]):
         yield recorder
 
@@ -150,16 +157,20 @@ def generate_with_scores(
     max_new_tokens: int = 32,
     layer: int | None = None,
     threshold: float = 0.5,
+    on_score: Callable[[float], object] | None = None,
     **generate_kwargs: Any,
 ) -> GeneratedScores:
     """Generate from ``prompt`` with TransformerLens ``generate`` while a probe hook scores each step.
 
     Each generated token gets the score read at the position before it: the probe's belief, just before the token
-    was sampled, that it would be pivotal. ``generate_kwargs`` go to ``model.generate`` (e.g. ``do_sample=False``).
+    was sampled, that it would be pivotal. ``on_score(score)`` is called live with each of those scores, before its
+    token is sampled (e.g. to print a warning as a likely pivot comes up). ``generate_kwargs`` go to
+    ``model.generate`` (e.g. ``do_sample=False``).
     """
     prompt_ids = token_ids(model, prompt)
     tokens_in = torch.tensor([prompt_ids], device=next(model.parameters()).device)
-    with recording(probes, model, layer) as recorder:
+    live = None if on_score is None else (lambda scores: on_score(float(scores[0])))
+    with recording(probes, model, layer, live) as recorder:
         out = model.generate(tokens_in, max_new_tokens=max_new_tokens, return_type="tokens", verbose=False, **generate_kwargs)
     new_ids = out[0, len(prompt_ids):].tolist()
     scores = recorder.concatenated()[0, len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(new_ids)]
