@@ -173,6 +173,12 @@ class LayerProbes:
         return LayerMetrics.from_dict(self.config.metrics, settings.n_bootstrap, 0.95)
 
     @property
+    def selectivity(self) -> Float[Tensor, " n_layers"]:
+        """Held-out AUROC minus the shuffled-label control's AUROC, per layer."""
+        self._require_fitted()
+        return self.metrics.values["auroc"] - torch.tensor(self.config.control_auroc)
+
+    @property
     def layer_labels(self) -> list[str]:
         """Block number of each probed layer (``"emb"`` for the embedding stream)."""
         return [layer_label(name) for name in self.config.hook_names]

@@ -71,7 +71,6 @@ def heldout_text(probes: LayerProbes, examples: ProbeExamples) -> list[int]:
 def metrics_record(probes: LayerProbes, examples: ProbeExamples) -> dict[str, Any]:
     """JSON-ready summary: data counts, per-layer metrics with intervals, control, selectivity and the best layer."""
     config = probes.config
-    auroc = config.metrics["auroc"]["value"]
     return {
         "model_name": config.model_name,
         "examples": {"total": len(examples), "pivotal": sum(examples.labels), "texts": len(examples.token_ids),
@@ -82,7 +81,7 @@ def metrics_record(probes: LayerProbes, examples: ProbeExamples) -> dict[str, An
         "best_layer": probes.layer_labels[probes.best_layer],
         "metrics": config.metrics,
         "control_auroc": config.control_auroc,
-        "selectivity": [real - control for real, control in zip(auroc, config.control_auroc)],
+        "selectivity": probes.selectivity.tolist(),
         "l2": config.l2,
     }
 
@@ -96,11 +95,10 @@ def format_layer_table(probes: LayerProbes) -> str:
     for index, label in enumerate(probes.layer_labels):
         value = {name: float(values[index]) for name, values in result.values.items()}
         auroc = f"{value['auroc']:.3f} [{float(result.low['auroc'][index]):.2f}, {float(result.high['auroc'][index]):.2f}]"
-        control = config.control_auroc[index]
         marker = "  <- best" if index == probes.best_layer else ""
         lines.append(
             f"{label:>5}  {auroc:<21}{value['auprc']:>7.3f}{value['balanced_accuracy']:>9.3f}{value['f1']:>7.3f}"
-            f"{control:>9.3f}{value['auroc'] - control:>9.3f}{config.l2[index]:>9.0e}{marker}"
+            f"{config.control_auroc[index]:>9.3f}{float(probes.selectivity[index]):>9.3f}{config.l2[index]:>9.0e}{marker}"
         )
     return "\n".join(lines)
 
