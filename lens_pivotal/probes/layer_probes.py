@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from lens_pivotal.cache import Layout, resolve_layers
+from lens_pivotal.model import EMBEDDING_HOOK
 from lens_pivotal.paths import atomic_dir
 from lens_pivotal.probes.examples import group_folds, group_split
 from lens_pivotal.probes.metrics import LayerMetrics, auroc, heldout_metrics
@@ -122,10 +123,16 @@ class ProbeConfig:
         return cls(settings=ProbeSettings(**settings), **data)
 
 
+def block_of(hook_name: str) -> int | None:
+    """The block whose output ``hook_name`` is (``blocks.{l}.hook_resid_post``), ``None`` for any other hook."""
+    match = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook_name)
+    return int(match.group(1)) if match else None
+
+
 def layer_label(hook_name: str) -> str:
     """Short label of a probed hook: the block number, or ``"emb"`` for the embedding stream."""
-    match = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook_name)
-    return match.group(1) if match else ("emb" if hook_name.endswith("hook_resid_pre") else hook_name)
+    block = block_of(hook_name)
+    return str(block) if block is not None else ("emb" if hook_name == EMBEDDING_HOOK else hook_name)
 
 
 class LayerProbes:
@@ -199,7 +206,8 @@ class LayerProbes:
                 Without groups every row is its own group, which leaks when rows of one problem are correlated.
         """
         settings = self.config.settings
-        x, y, groups = self._check_training_data(acts.to(getattr(torch, settings.dtype)), labels, groups)
+        x, y, groups = self._check_training_data(acts, labels, groups)
+        x = x.to(getattr(torch, settings.dtype))
         train, heldout = group_split(groups, test_fraction=settings.val_fraction, seed=settings.seed)
         train_groups = [groups[i] for i in train]
         train_x, heldout_x = x[:, train], x[:, heldout]
@@ -226,11 +234,9 @@ class LayerProbes:
         """Probabilities from the probes of ``layers`` only, ``acts[k]`` read by the probe of ``layers[k]``."""
         self._require_fitted()
         index = torch.as_tensor(list(layers), dtype=torch.long)
-        x = acts.float()
-        device = x.device
-        standardized = (x - self.mean[index].to(device).unsqueeze(1)) / self.scale[index].to(device).unsqueeze(1)
-        logits = torch.einsum("lnd,ld->ln", standardized, self.weight[index].to(device))
-        return torch.sigmoid(logits + self.bias[index].to(device).unsqueeze(-1))
+        x = self._standardized(acts.float(), index)
+        logits = torch.einsum("lnd,ld->ln", x, self.weight[index].to(x.device))
+        return torch.sigmoid(logits + self.bias[index].to(x.device).unsqueeze(-1))
 
     def predict(self, acts: Float[Tensor, "n_layers n_rows d_model"]) -> Float[Tensor, "n_layers n_rows"]:
         """1 where :meth:`predict_proba` is at least 0.5, else 0."""
@@ -315,8 +321,7 @@ class LayerProbes:
             raise RuntimeError("these probes are not fitted yet: call fit(acts, labels, groups) or LayerProbes.load(dir)")
 
     def _check_acts(self, acts: Tensor) -> Tensor:
-        if not isinstance(acts, Tensor) or acts.ndim != 3:
-            raise ValueError(f"acts must be a [n_layers, n_rows, d_model] tensor, got {getattr(acts, 'shape', type(acts))}")
+        _require_layered(acts)
         if acts.shape[0] != self.n_layers or acts.shape[2] != self.config.d_model:
             raise ValueError(
                 f"acts has {acts.shape[0]} layers of width {acts.shape[2]}; these probes read {self.n_layers} layers "
@@ -343,8 +348,9 @@ class LayerProbes:
             self.mean = torch.zeros(self.n_layers, self.config.d_model)
             self.scale = torch.ones(self.n_layers, self.config.d_model)
 
-    def _standardized(self, x: Tensor) -> Tensor:
-        return (x - self.mean.to(x).unsqueeze(1)) / self.scale.to(x).unsqueeze(1)
+    def _standardized(self, x: Tensor, layers: Tensor | slice = slice(None)) -> Tensor:
+        """``x`` (``[n_chosen, n_rows, d_model]``, read by the probes of ``layers``) in the probes' normalised units."""
+        return (x - self.mean[layers].to(x).unsqueeze(1)) / self.scale[layers].to(x).unsqueeze(1)
 
     def _weights(self, labels: Tensor, mask: Tensor) -> Tensor:
         return balanced_weights(labels, mask) if self.config.settings.class_weight == "balanced" else mask
@@ -434,14 +440,18 @@ def train_probes(
     Returns:
         Fitted :class:`LayerProbes` with per-layer held-out metrics, a shuffled-label control and the best layer.
     """
-    if not isinstance(acts, Tensor) or acts.ndim != 3:
-        raise ValueError(f"acts must be a [n_layers, n_rows, d_model] tensor, got {getattr(acts, 'shape', type(acts))}")
+    _require_layered(acts)
     if model is not None:
         probes = LayerProbes.from_model(model, layers=layers, embeddings=embeddings, **settings)
     else:
         hook_names = Layout(list(range(acts.shape[0])), False).hook_names
         probes = LayerProbes(ProbeConfig("unknown", acts.shape[2], acts.shape[0], hook_names, ProbeSettings(**settings)))
     return probes.fit(acts, labels, groups)
+
+
+def _require_layered(acts: Any) -> None:
+    if not isinstance(acts, Tensor) or acts.ndim != 3:
+        raise ValueError(f"acts must be a [n_layers, n_rows, d_model] tensor, got {getattr(acts, 'shape', type(acts))}")
 
 
 def _as_labels(labels: Any, n_rows: int) -> Tensor:

@@ -14,8 +14,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lens_pivotal.cache import cache_resid_post
+from lens_pivotal.cache import Layout, cache_resid_post
 from lens_pivotal.model import EMBEDDING_HOOK
+
+from lens_pivotal.probes.layer_probes import block_of
 
 if TYPE_CHECKING:
     from lens_pivotal.probes.layer_probes import LayerProbes
@@ -85,11 +87,10 @@ class ProbeRecorder:
     def __init__(self, probes: LayerProbes, layer: int, on_score: Callable[[Tensor], object] | None = None) -> None:
         if not 0 <= layer < probes.n_layers:
             raise IndexError(f"layer {layer} is out of range: these probes cover {probes.n_layers} layers")
+        self.probes = probes
         self.layer = layer
         self.hook_name: str = probes.config.hook_names[layer]
         self.layer_label = probes.layer_labels[layer]
-        self._weight, self._bias = probes.weight[layer], probes.bias[layer]
-        self._mean, self._scale = probes.mean[layer], probes.scale[layer]
         self.on_score = on_score
         self.scores: list[Tensor] = []
 
@@ -100,9 +101,9 @@ class ProbeRecorder:
 
     def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any) -> None:
         with torch.no_grad():
-            x = (resid.float() - self._mean.to(resid.device)) / self._scale.to(resid.device)
-            logits = x @ self._weight.to(resid.device) + self._bias.to(resid.device)
-            self.scores.append(torch.sigmoid(logits).cpu())
+            batch, positions, d_model = resid.shape
+            scores = self.probes.proba_at([self.layer], resid.reshape(1, batch * positions, d_model))
+            self.scores.append(scores.view(batch, positions).cpu())
         if self.on_score is not None:
             self.on_score(self.scores[-1][:, -1])
 
@@ -138,12 +139,11 @@ def score_text(probes: LayerProbes, model: Any, text: str | Sequence[int] | Tens
     layers = _resolve_choice(probes, layer)
     ids = token_ids(model, text)
     names = [probes.config.hook_names[index] for index in layers]
-    blocks = sorted({int(name.split(".")[1]) for name in names if name != EMBEDDING_HOOK}) or [0]
+    layout = Layout(sorted({block_of(name) for name in names} - {None}) or [0], EMBEDDING_HOOK in names)
     acts = cache_resid_post(
-        model, [ids], [list(range(len(ids)))], layers=blocks, embeddings=EMBEDDING_HOOK in names, progress=False
+        model, [ids], [list(range(len(ids)))], layers=layout.layers, embeddings=layout.embeddings, progress=False
     )
-    layout = ([EMBEDDING_HOOK] if EMBEDDING_HOOK in names else []) + [f"blocks.{block}.hook_resid_post" for block in blocks]
-    selected = acts[[layout.index(name) for name in names]]
+    selected = acts[[layout.hook_names.index(name) for name in names]]
     scores = probes.proba_at(layers, selected)
     tokens = [model.tokenizer.decode([token]) for token in ids]
     return TokenScores(tokens, ids, scores, layers, [probes.layer_labels[index] for index in layers])

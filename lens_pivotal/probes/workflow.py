@@ -89,7 +89,7 @@ def metrics_record(probes: LayerProbes, examples: ProbeExamples) -> dict[str, An
 def format_layer_table(probes: LayerProbes) -> str:
     """A fixed-width table, one row per layer: held-out AUROC with its interval, AUPRC, balanced accuracy, F1,
     the shuffled-label control's AUROC, selectivity (AUROC minus control) and the L2 used; the best layer marked."""
-    result, config = probes.metrics, probes.config
+    result, config, selectivity = probes.metrics, probes.config, probes.selectivity.tolist()
     header = f"{'layer':>5}  {'AUROC [95% CI]':<21}{'AUPRC':>7}{'bal.acc':>9}{'F1':>7}{'control':>9}{'select.':>9}{'l2':>9}"
     lines = [header, "-" * len(header)]
     for index, label in enumerate(probes.layer_labels):
@@ -98,7 +98,7 @@ def format_layer_table(probes: LayerProbes) -> str:
         marker = "  <- best" if index == probes.best_layer else ""
         lines.append(
             f"{label:>5}  {auroc:<21}{value['auprc']:>7.3f}{value['balanced_accuracy']:>9.3f}{value['f1']:>7.3f}"
-            f"{config.control_auroc[index]:>9.3f}{float(probes.selectivity[index]):>9.3f}{config.l2[index]:>9.0e}{marker}"
+            f"{config.control_auroc[index]:>9.3f}{selectivity[index]:>9.3f}{config.l2[index]:>9.0e}{marker}"
         )
     return "\n".join(lines)
 
