@@ -153,3 +153,24 @@ def test_predicting_with_wrong_shapes_or_unfitted(fitted):
     unfitted = LayerProbes(probes.config)
     with pytest.raises(RuntimeError, match="not fitted"):
         unfitted.predict_proba(acts)
+
+
+def test_load_refuses_weights_of_another_shape(fitted, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    probes, _ = fitted
+    probes.save(tmp_path / "probes")
+    weights = tmp_path / "probes" / "probes.safetensors"
+    tensors = load_file(weights)
+    save_file({**tensors, "weight": tensors["weight"][:, :10].contiguous()}, weights)
+    with pytest.raises(ValueError, match=r"probes.safetensors: 'weight' should be \(5, 48\), found \(5, 10\)"):
+        LayerProbes.load(tmp_path / "probes")
+
+
+def test_fit_input_errors_name_the_argument():
+    with pytest.raises(ValueError, match=r"acts must be a \[n_layers, n_rows, d_model\] tensor, got <class 'list'>"):
+        LayerProbes(train_probes(*planted()[:2], l2=1.0, n_bootstrap=0).config).fit([[1.0]], [1])
+    acts, labels, _ = planted(n_rows=40)
+    two_groups = ["a"] * 20 + ["b"] * 20  # one held out, one left to train: nothing to cross-validate
+    with pytest.raises(ValueError, match="needs at least 2 training groups; pass l2="):
+        train_probes(acts, labels, groups=two_groups, n_bootstrap=0)

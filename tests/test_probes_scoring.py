@@ -85,3 +85,10 @@ def test_scoring_errors(probes, tiny_qwen3_model):
     other = train_probes(acts, torch.arange(40) % 2, groups=[str(i // 4) for i in range(40)], l2=1.0, n_bootstrap=0)
     with pytest.raises(ValueError, match="d_model 32, 3 layers.*has d_model 64 and 3 layers"):
         other.score_text(tiny_qwen3_model, TEXTS[0])
+
+
+def test_recorder_and_token_errors(probes, tiny_qwen3_model):
+    with pytest.raises(RuntimeError, match="nothing recorded yet: no forward pass went through blocks"):
+        probes.hook(1).concatenated()
+    with pytest.raises(TypeError, match="text must be a string or token ids, got float"):
+        probes.score_text(tiny_qwen3_model, 3.5)
