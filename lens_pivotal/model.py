@@ -14,6 +14,9 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from lens_pivotal.kv_cache import check_kv_cache as verify_kv_cache
+from lens_pivotal.kv_cache import repair_kv_cache
+
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
 
 
@@ -96,6 +99,7 @@ def load_model(
     hf_model: Any | None = None,
     tokenizer: Any | None = None,
     compat: bool = True,
+    check_kv_cache: bool = True,
 ) -> TransformerBridge:
     """Load a model as a TransformerLens ``TransformerBridge`` in compatibility mode.
 
@@ -110,10 +114,14 @@ def load_model(
             ``name_or_path``).
         compat: call ``enable_compatibility_mode()`` (HookedTransformer-equivalent weights and hook
             aliases). For RMSNorm models such as Qwen the residual stream is unchanged by it.
+        check_kv_cache: make KV-cached continuation (``generate``, PatchScope's target prefix, shared-prefix
+            caching) work on the installed transformers and check it against an uncached forward pass
+            (:func:`lens_pivotal.kv_cache.check_kv_cache`, milliseconds).
 
     Raises:
         FileNotFoundError: a local path that does not exist or holds no ``config.json``.
         UnsupportedArchitectureError: an architecture TransformerLens has no adapter for.
+        KVCacheError: cached continuation disagrees with the uncached forward and cannot be repaired.
     """
     name = str(name_or_path)
     torch_dtype = resolve_dtype(dtype)
@@ -138,4 +146,8 @@ def load_model(
         raise
     if compat:
         model.enable_compatibility_mode(disable_warnings=True)
-    return model.eval()
+    model.eval()
+    repair_kv_cache(model)
+    if check_kv_cache:
+        verify_kv_cache(model)
+    return model

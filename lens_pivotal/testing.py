@@ -281,3 +281,43 @@ def random_qwen3_0_6b(
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(qwen3_0_6b_config(), dtype=dtype)
     return model.eval(), qwen3_tokenizer()
+
+
+def _replace_block_output(
+    hf_model: PreTrainedModel, layer: int, position: int, vectors: torch.Tensor
+) -> torch.utils.hooks.RemovableHandle:
+    """Overwrite decoder layer ``layer``'s output at ``position`` with ``vectors`` (one per batch row)."""
+
+    def replace(module: torch.nn.Module, inputs: object, output: object) -> object:
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = hidden.clone()
+        hidden[:, position] = vectors.to(hidden.dtype)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    return hf_model.model.layers[layer].register_forward_hook(replace)
+
+
+@torch.no_grad()
+def reference_greedy_tokens(
+    hf_model: PreTrainedModel,
+    ids: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    patch: tuple[int, int, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Greedy continuation of ``ids`` ([batch, seq]) with a plain HF model and no KV cache: a full forward per step.
+
+    ``patch=(layer, position, vectors)`` overwrites decoder layer ``layer``'s output at prompt ``position`` in every
+    step (``vectors``: [d_model] or [batch, d_model]), which equals patching the prompt pass of a cached generation.
+    An independent reference for every KV-cached path; returns the new tokens, [batch, max_new_tokens].
+    """
+    handle = _replace_block_output(hf_model, *patch) if patch is not None else None
+    try:
+        tokens = ids
+        for _ in range(max_new_tokens):
+            logits = hf_model(tokens, use_cache=False).logits[:, -1]
+            tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return tokens[:, ids.shape[1] :]
