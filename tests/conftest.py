@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import torch
 
 from lens_pivotal.paths import CACHE_ENV_VAR
 
@@ -70,3 +71,35 @@ def synthetic_pts_rows(tokenizer, n_problems: int = 8):
 def synthetic_rows(qwen3_tok):
     """Synthetic PTS rows of 8 problems under the Qwen3 tokenizer."""
     return synthetic_pts_rows(qwen3_tok)
+
+
+FAMILIES = ("qwen3", "qwen2", "llama", "embedded")
+
+
+def family_dir(arch: str):
+    """The model directory of a tiny random family, or of the embedded SmolLM2 (``"embedded"``)."""
+    from lens_pivotal.testing import tiny_llama_dir, tiny_qwen_dir
+
+    if arch == "embedded":
+        from lens_pivotal.embedded import embedded_model_dir
+
+        return embedded_model_dir()
+    return tiny_llama_dir() if arch == "llama" else tiny_qwen_dir(arch)
+
+
+@pytest.fixture(scope="session")
+def family_models(session_cache_dir: Path):
+    """``family_models(arch) -> (bridge, plain HF model)``: the same weights loaded twice, once per session."""
+    import lens_pivotal as lp
+    from transformers import AutoModelForCausalLM
+
+    loaded = {}
+
+    def load(arch: str):
+        if arch not in loaded:
+            directory = family_dir(arch)
+            reference = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+            loaded[arch] = (lp.load_model(directory, device="cpu"), reference)
+        return loaded[arch]
+
+    return load

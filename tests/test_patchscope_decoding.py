@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import FAMILIES
 
 import lens_pivotal as lp
 from lens_pivotal.patchscope import (
@@ -45,9 +46,10 @@ def full_forward_reference(model, prompts):
     return tops, torch.tensor(hits), torch.tensor(surprisals)
 
 
-def test_kv_reuse_path_equals_full_forward_per_layer(tiny_qwen3_model):
-    model = tiny_qwen3_model
-    prompts = PROMPTS[:4]
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a == "embedded" else a for a in FAMILIES])
+def test_kv_reuse_path_equals_full_forward_per_layer(family_models, arch):
+    model, _ = family_models(arch)
+    prompts = PROMPTS[:2] if arch == "embedded" else PROMPTS[:4]
     result = next_token_decoding(model, prompts, baselines=(), batch_size=5, progress=False)
     tops, hits, surprisals = full_forward_reference(model, prompts)
     assert result.prompts == prompts and result.train_prompts == []

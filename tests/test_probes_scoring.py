@@ -7,6 +7,7 @@ import torch
 
 from lens_pivotal.probes import probe_examples, train_probes
 from lens_pivotal.probes.scoring import generate_with_scores
+from lens_pivotal.testing import reference_greedy_tokens
 
 TEXTS = ["Sam has 3 apples and buys 4 more.", "The answer is 7 because 3 + 4 = 7."]
 
@@ -70,6 +71,13 @@ def test_generate_with_scores_matches_scoring_the_finished_text(probes, tiny_qwe
     start = len(generated.prompt_ids) - 1
     assert torch.allclose(generated.scores, whole[start : start + 6], atol=1e-4)
     assert [flag for _, _, flag in generated] == (generated.scores >= 0.5).tolist()
+
+
+def test_generate_with_scores_generates_what_an_uncached_hf_loop_does(probes, tiny_qwen3_model, family_models):
+    _, reference = family_models("qwen3")
+    generated = generate_with_scores(tiny_qwen3_model, probes, TEXTS[0], max_new_tokens=6, do_sample=False, layer=1)
+    expected = reference_greedy_tokens(reference, torch.tensor([generated.prompt_ids]), 6)
+    assert generated.token_ids == expected[0].tolist()
 
 
 def test_scoring_errors(probes, tiny_qwen3_model):
