@@ -1,6 +1,6 @@
-"""Next-token decoding (identity patchscope at every layer) against seed B's method.
+"""Next-token decoding (identity patchscope at every layer) against the PatchScope reimplementation's method.
 
-Seed B runs, for every layer and every batch of prompts, a full forward of the identity prompt patched
+The full-forward method (the PatchScope reimplementation's) runs, for every layer and every batch of prompts, a full forward of the identity prompt patched
 at that layer. Ours puts (prompt, layer) rows of all layers in one batch (a hook per layer writes its own
 rows), runs the identity prompt's prefix once and reuses its KV cache, so each row costs one token.
 Both read the same source states and must give identical top-1 tokens, P@1 and surprisal. They run in
@@ -43,7 +43,7 @@ def build_model(name: str, device: torch.device, dtype: torch.dtype):
 
 
 @torch.inference_mode()
-def seed_b_decoding(model, prompts: list[str], batch_size: int, source_batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def full_forward_decoding(model, prompts: list[str], batch_size: int, source_batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(top ids [layers, prompts], P@1 [layers], surprisal [layers]): one patched full forward per layer per batch."""
     states = lp.cache_resid_post(model, prompts, [-1] * len(prompts), batch_size=source_batch_size, progress=False)
     own_logp = torch.log_softmax(lp.logit_lens(model, states[-1]).float(), dim=-1).cpu()
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--n-prompts", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=64, help="seed B: prompts per patched full forward")
+    parser.add_argument("--batch-size", type=int, default=64, help="full forward: prompts per patched full forward")
     parser.add_argument("--our-batch-size", type=int, default=512, help="ours: (prompt, layer) rows per forward (one token each)")
     parser.add_argument("--source-batch-size", type=int, default=64, help="both: prompts per source forward")
     parser.add_argument("--repeats", type=int, default=3)
@@ -85,14 +85,14 @@ def main() -> None:
     prompts = relation_prompts(args.n_prompts, seed=0)
 
     result = ours(model, prompts, args.our_batch_size, args.source_batch_size)
-    reference_tops, reference_p1, reference_surprisal = seed_b_decoding(model, prompts, args.batch_size, args.source_batch_size)
+    reference_tops, reference_p1, reference_surprisal = full_forward_decoding(model, prompts, args.batch_size, args.source_batch_size)
     same_tops = result.top_tokens["patchscope"] == [model.tokenizer.batch_decode(row.reshape(-1, 1).tolist()) for row in reference_tops]
     p1_diff = (result.precision_at_1["patchscope"] - reference_p1).abs().max().item()
     surprisal_diff = (result.surprisal["patchscope"] - reference_surprisal).abs().max().item()
 
     timings = alternate(
         {
-            "seed_b": lambda: seed_b_decoding(model, prompts, args.batch_size, args.source_batch_size),
+            "full_forward": lambda: full_forward_decoding(model, prompts, args.batch_size, args.source_batch_size),
             "ours": lambda: ours(model, prompts, args.our_batch_size, args.source_batch_size),
         },
         repeats=args.repeats,
@@ -102,12 +102,12 @@ def main() -> None:
     print(f"machine: {machine_description(device)}")
     print(f"model: {args.model} ({model.cfg.n_layers} blocks, d_model {model.cfg.d_model}), dtype {dtype}, date {today()}")
     print(f"inputs: {len(prompts)} prompts x {model.cfg.n_layers} layers, identity prompt of {n_target} tokens, "
-          f"batch: seed B {args.batch_size} prompts, ours {args.our_batch_size} rows, sources {args.source_batch_size}; "
+          f"batch: full forward {args.batch_size} prompts, ours {args.our_batch_size} rows, sources {args.source_batch_size}; "
           f"{args.repeats} rounds")
     print(f"identical top-1 tokens: {same_tops}; max |P@1 diff| {p1_diff:.2e}; max |surprisal diff| {surprisal_diff:.2e} nats")
-    print(f"seed B (full forward per layer per batch): {timings.median('seed_b'):.3f} s")
+    print(f"full forward per layer per batch: {timings.median('full_forward'):.3f} s")
     print(f"ours (one batch over layers, KV-reused prefix): {timings.median('ours'):.3f} s")
-    print(f"speed-up (median of per-round seed_b/ours): {timings.ratio('seed_b', 'ours'):.2f}x")
+    print(f"speed-up (median of per-round full_forward/ours): {timings.ratio('full_forward', 'ours'):.2f}x")
     print("P@1 per layer: " + " ".join(f"{value:.2f}" for value in result.precision_at_1["patchscope"].tolist()))
 
 

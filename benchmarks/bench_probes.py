@@ -1,19 +1,19 @@
-"""Per-layer pivotal-token probes: seed A's loop over layers against our one batched program over all layers.
+"""Per-layer pivotal-token probes: the Algoverse probing project's loop over layers against our one batched program over all layers.
 
 Every contender gets the same activations ``[n_layers, n_rows, d_model]``, the same labels and the same grouped
 held-out split (``group_split(groups, test_fraction=val_fraction, seed=seed)`` of :class:`ProbeSettings`, the
 split ``train_probes`` makes), trains one logistic probe per layer on the training groups and returns each
 layer's held-out AUROC. They run in alternation in one process; ratios are medians of per-round ratios.
 
-* ``seed_a_loop``: seed A's method as written there: for each layer, ``Linear(d_model, 1)`` + sigmoid, BCE, Adam
+* ``algoverse_loop``: the Algoverse probing project's method as written there: for each layer, ``Linear(d_model, 1)`` + sigmoid, BCE, Adam
   (lr 1e-3), 10 epochs of a fresh shuffled ``DataLoader`` of batch 32, raw float32 activations, keeping the epoch
   with the lowest validation loss. The validation rows are the ones ``train_probes`` uses for Adam: a grouped split
   (same fraction, seed + 1) of the training groups, which are then not trained on.
-* ``ours_adam``: ``train_probes(acts, labels, groups=groups, **SEED_A_SETTINGS)``: the same method on all layers
+* ``ours_adam``: ``train_probes(acts, labels, groups=groups, **ADAM_PROBE_SETTINGS)``: the same method on all layers
   at once (float32, zero initialisation, and a shuffled-label control head per layer trained alongside).
 * ``ours_default``: ``train_probes(acts, labels, groups=groups)``: standardised inputs, balanced class weights,
   L-BFGS in float64, L2 per layer chosen from a grid by grouped 5-fold cross-validation (plus the control head).
-* ``sklearn``: ``LogisticRegression(C=1)`` per layer on the raw training rows (seed A's sklearn baseline).
+* ``sklearn``: ``LogisticRegression(C=1)`` per layer on the raw training rows (the Algoverse probing project's sklearn baseline).
 * ``sklearn_cv``: ours_default's model written with scikit-learn, layer by layer: the same standardisation, class
   weights, L2 grid (``C = 1 / (l2 * n_train)``), the same CV folds and fold loss, then a refit with the chosen L2.
   It is the reference for ours_default's AUROC: the same optimum, found by another solver.
@@ -22,7 +22,7 @@ Both ``ours`` contenders run with ``n_bootstrap=0`` unless ``--n-bootstrap`` say
 intervals are extra output none of the others computes.
 
 Data: ``embedded`` caches SmolLM2-135M's residual stream at the shipped PTS dataset's probe examples (offline);
-``synthetic`` has Qwen3-0.6B's shape (embeddings + 28 blocks, d_model 1024) and seed A's size (600 rows, 104
+``synthetic`` has Qwen3-0.6B's shape (embeddings + 28 blocks, d_model 1024) and the Algoverse probing project's size (600 rows, 104
 problems), with a label direction written into the residual stream at one block.
 
     python benchmarks/bench_probes.py                                   # embedded SmolLM2, 1 negative per positive
@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import alternate, machine_description, today  # noqa: E402
 
-from lens_pivotal.probes import SEED_A_SETTINGS, ProbeSettings, group_folds, group_split, train_probes  # noqa: E402
+from lens_pivotal.probes import ADAM_PROBE_SETTINGS, ProbeSettings, group_folds, group_split, train_probes  # noqa: E402
 
 SETTINGS = ProbeSettings()
 SKLEARN_MAX_ITER = 10_000
@@ -115,14 +115,14 @@ def synthetic_data(n_rows: int, n_groups: int, n_blocks: int, d_model: int, plan
     return ProbeData(torch.stack(states), labels.numpy(), [f"problem{g}" for g in group_of_row.tolist()], names, description)
 
 
-def seed_a_probe(x_fit: torch.Tensor, y_fit: torch.Tensor, x_check: torch.Tensor, y_check: torch.Tensor) -> torch.nn.Module:
-    """One layer's probe as seed A trained it: Adam on minibatches, the best epoch's weights by validation loss."""
+def algoverse_probe(x_fit: torch.Tensor, y_fit: torch.Tensor, x_check: torch.Tensor, y_check: torch.Tensor) -> torch.nn.Module:
+    """One layer's probe as the Algoverse probing project trained it: Adam on minibatches, the best epoch's weights by validation loss."""
     probe = torch.nn.Sequential(torch.nn.Linear(x_fit.shape[1], 1), torch.nn.Sigmoid())
-    optimizer = torch.optim.Adam(probe.parameters(), lr=SEED_A_SETTINGS["lr"])
+    optimizer = torch.optim.Adam(probe.parameters(), lr=ADAM_PROBE_SETTINGS["lr"])
     loss_fn = torch.nn.BCELoss()
-    loader = DataLoader(TensorDataset(x_fit, y_fit), batch_size=SEED_A_SETTINGS["batch_size"], shuffle=True)
+    loader = DataLoader(TensorDataset(x_fit, y_fit), batch_size=ADAM_PROBE_SETTINGS["batch_size"], shuffle=True)
     best_loss, best_state = float("inf"), copy.deepcopy(probe.state_dict())
-    for _ in range(SEED_A_SETTINGS["epochs"]):
+    for _ in range(ADAM_PROBE_SETTINGS["epochs"]):
         for x, y in loader:
             optimizer.zero_grad()
             loss_fn(probe(x).squeeze(-1), y).backward()
@@ -135,14 +135,14 @@ def seed_a_probe(x_fit: torch.Tensor, y_fit: torch.Tensor, x_check: torch.Tensor
     return probe
 
 
-def seed_a_loop(data: ProbeData, split: Split) -> np.ndarray:
-    """Held-out AUROC per layer, one :func:`seed_a_probe` after another."""
+def algoverse_loop(data: ProbeData, split: Split) -> np.ndarray:
+    """Held-out AUROC per layer, one :func:`algoverse_probe` after another."""
     torch.manual_seed(SETTINGS.seed)
     y = torch.as_tensor(data.labels, dtype=torch.float32)
     fit, check = split.train[split.fit], split.train[split.check]
     aurocs = []
     for x in data.acts:
-        probe = seed_a_probe(x[fit], y[fit], x[check], y[check])
+        probe = algoverse_probe(x[fit], y[fit], x[check], y[check])
         with torch.no_grad():
             scores = probe(x[split.heldout]).squeeze(-1)
         aurocs.append(roc_auc_score(data.labels[split.heldout], scores.numpy()))
@@ -199,8 +199,8 @@ def sklearn_cv(data: ProbeData, split: Split) -> np.ndarray:
 def contenders(data: ProbeData, split: Split, n_bootstrap: int) -> dict[str, Callable[[], np.ndarray]]:
     """Each contender as a no-argument call returning held-out AUROC per layer."""
     return {
-        "seed_a_loop": lambda: seed_a_loop(data, split),
-        "ours_adam": lambda: ours(data, n_bootstrap, **SEED_A_SETTINGS),
+        "algoverse_loop": lambda: algoverse_loop(data, split),
+        "ours_adam": lambda: ours(data, n_bootstrap, **ADAM_PROBE_SETTINGS),
         "ours_default": lambda: ours(data, n_bootstrap),
         "sklearn": lambda: sklearn_c1(data, split),
         "sklearn_cv": lambda: sklearn_cv(data, split),
@@ -226,7 +226,7 @@ def print_aurocs(data: ProbeData, results: dict[str, np.ndarray]) -> None:
         best = int(np.argmax(results[name]))
         print(f"{name:>12}: best layer {data.layer_names[best]} (AUROC {results[name][best]:.3f}), "
               f"mean over layers {results[name].mean():.3f}")
-    for ours_name, theirs in (("ours_default", "sklearn_cv"), ("ours_default", "sklearn"), ("ours_adam", "seed_a_loop")):
+    for ours_name, theirs in (("ours_default", "sklearn_cv"), ("ours_default", "sklearn"), ("ours_adam", "algoverse_loop")):
         gap = results[ours_name] - results[theirs]
         worst = int(np.argmax(np.abs(gap)))
         print(f"AUROC {ours_name} - {theirs}: max |diff| {np.abs(gap).max():.4f} (layer {data.layer_names[worst]}, "
@@ -238,8 +238,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=("embedded", "synthetic"), default="embedded")
     parser.add_argument("--negatives-per-positive", type=float, default=1.0, help="embedded: negatives drawn per positive")
-    parser.add_argument("--rows", type=int, default=600, help="synthetic: rows (default: seed A's 600)")
-    parser.add_argument("--groups", type=int, default=104, help="synthetic: problems (default: seed A's 104)")
+    parser.add_argument("--rows", type=int, default=600, help="synthetic: rows (default: the Algoverse probing project's 600)")
+    parser.add_argument("--groups", type=int, default=104, help="synthetic: problems (default: the Algoverse probing project's 104)")
     parser.add_argument("--blocks", type=int, default=28, help="synthetic: blocks, plus the embeddings (default: Qwen3-0.6B's 28)")
     parser.add_argument("--d-model", type=int, default=1024, help="synthetic: width (default: Qwen3-0.6B's 1024)")
     parser.add_argument("--planted-block", type=int, default=14, help="synthetic: block writing the label direction")
@@ -267,9 +267,9 @@ def main() -> None:
           f"{len(split.check)}), held-out {len(split.heldout)}; ours n_bootstrap={args.n_bootstrap}")
     for name in runs:
         print(f"{name:>12}: {timings.median(name):8.3f} s (rounds: {', '.join(f'{s:.3f}' for s in timings.seconds[name])})")
-    ratios = {theirs: timings.ratio("seed_a_loop", theirs) for theirs in ("ours_adam", "ours_default")}
+    ratios = {theirs: timings.ratio("algoverse_loop", theirs) for theirs in ("ours_adam", "ours_default")}
     for theirs, ratio in ratios.items():
-        print(f"seed_a_loop / {theirs} (median of per-round ratios): {ratio:.2f}x")
+        print(f"algoverse_loop / {theirs} (median of per-round ratios): {ratio:.2f}x")
     print(f"sklearn_cv / ours_default: {timings.ratio('sklearn_cv', 'ours_default'):.2f}x")
     print_aurocs(data, results)
     seconds = " | ".join(f"{timings.median(name):.2f}" for name in runs)

@@ -9,8 +9,10 @@ Data flows ``model → cache → probes / patchscope → views``::
     probes = lp.train_probes(examples.cache(model), examples.labels, groups=examples.groups, model=model)
 """
 
+from lens_pivotal import patchscope, probes, pts, viz
 from lens_pivotal.cache import cache_resid_post
 from lens_pivotal.embedded import embedded_model
+from lens_pivotal.kv_cache import KVCacheError
 from lens_pivotal.lens import logit_lens
 from lens_pivotal.model import UnsupportedArchitectureError, load_model, resid_post_hook
 from lens_pivotal.patchscope import (
@@ -20,33 +22,37 @@ from lens_pivotal.patchscope import (
     entity_description,
     next_token_decoding,
     patch_hook,
-    patchscope,
 )
-from lens_pivotal.probes import LayerProbes, group_split, probe_examples, train_probes
-from lens_pivotal.probes.scoring import generate_with_scores
+from lens_pivotal.probes import LayerProbes, generate_with_scores, group_split, probe_examples, train_probes
 from lens_pivotal.pts import load_pts, search_pivotal_tokens
 from lens_pivotal.store import ResidStore
+from lens_pivotal.viz import save_figure
 
 __all__ = [
     "IDENTITY_PROMPT",
+    "KVCacheError",
     "LayerProbes",
     "Patchscope",
     "ResidStore",
+    "UnsupportedArchitectureError",
     "attribute_extraction",
+    "cache_resid_post",
+    "embedded_model",
     "entity_description",
     "generate_with_scores",
     "group_split",
+    "load_model",
     "load_pts",
+    "logit_lens",
     "next_token_decoding",
     "patch_hook",
     "patchscope",
     "probe_examples",
+    "probes",
+    "pts",
+    "resid_post_hook",
+    "save_figure",
     "search_pivotal_tokens",
     "train_probes",
-    "UnsupportedArchitectureError",
-    "cache_resid_post",
-    "embedded_model",
-    "load_model",
-    "logit_lens",
-    "resid_post_hook",
+    "viz",
 ]

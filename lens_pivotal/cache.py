@@ -4,7 +4,7 @@ Layer index ``l`` means ``blocks.{l}.hook_resid_post``: the output of decoder bl
 Hugging Face ``hidden_states[l + 1]`` for every block but the last (HF returns that one after the final
 norm; we return the block's own output). With ``embeddings=True`` the embedding stream
 (``blocks.0.hook_resid_pre`` = HF ``hidden_states[0]``) comes first, so that index ``k`` of the result is
-HF's state ``k``: the 29-state layout seed A used for Qwen3-0.6B, where its "layer 14" is our block 13.
+HF's state ``k``: the 29-state layout the Algoverse probing project used for Qwen3-0.6B, where its "layer 14" is our block 13.
 """
 
 from __future__ import annotations

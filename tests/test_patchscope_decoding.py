@@ -25,7 +25,7 @@ PROMPTS = relation_prompts(7, seed=1)
 
 
 def full_forward_reference(model, prompts):
-    """Seed B's method, written independently: per layer, a full forward of the identity prompt per prompt,
+    """The PatchScope reimplementation's method, written independently: per layer, a full forward of the identity prompt per prompt,
     compared with the model's own full-forward output at the source position."""
     target = model.to_tokens(IDENTITY_PROMPT)
     tops, hits, surprisals = [], [], []

@@ -11,7 +11,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 import lens_pivotal.probes.layer_probes as layer_probes_module
-from lens_pivotal.probes import SEED_A_SETTINGS, LayerProbes, ProbeSettings, group_split, train_probes
+from lens_pivotal.probes import ADAM_PROBE_SETTINGS, LayerProbes, ProbeSettings, group_split, train_probes
 
 PLANTED = 3
 
@@ -45,7 +45,7 @@ def test_finds_the_planted_layer_and_the_control_is_chance(fitted):
 
 def test_seed_a_adam_settings_also_find_it():
     acts, labels, groups = planted(strength=3.0)
-    probes = train_probes(acts, labels, groups=groups, n_bootstrap=0, **SEED_A_SETTINGS)
+    probes = train_probes(acts, labels, groups=groups, n_bootstrap=0, **ADAM_PROBE_SETTINGS)
     assert probes.best_layer == PLANTED and probes.metrics.values["auroc"][PLANTED] > 0.95
     assert probes.config.settings.solver == "adam" and probes.config.cv_loss is None
 

@@ -7,7 +7,7 @@ Hooks first (:func:`patch_hook`, :func:`layered_patch_hooks`), then one patchsco
 """
 
 from lens_pivotal.patchscope.attributes import attribute_extraction, entity_description
-from lens_pivotal.patchscope.core import IDENTITY_PROMPT, Patchscope, PatchscopeResult, patchscope
+from lens_pivotal.patchscope.core import IDENTITY_PROMPT, Patchscope, PatchscopeResult
 from lens_pivotal.patchscope.decoding import (
     DecodingResult,
     TokenGrid,
@@ -17,7 +17,9 @@ from lens_pivotal.patchscope.decoding import (
 )
 from lens_pivotal.patchscope.hooks import layered_patch_hooks, patch_hook
 from lens_pivotal.patchscope.mappings import AffineMap, NormMatch
+from lens_pivotal.patchscope.plots import plot_attribute_heatmap, plot_decoding
 from lens_pivotal.patchscope.relations import Relation, list_relations, load_relation, relation_prompts
+from lens_pivotal.patchscope.views import token_grid_view
 
 __all__ = [
     "AffineMap",
@@ -29,14 +31,16 @@ __all__ = [
     "Relation",
     "TokenGrid",
     "attribute_extraction",
-    "entity_description",
     "decode_positions",
+    "entity_description",
     "layered_patch_hooks",
     "list_relations",
     "load_relation",
     "next_token_decoding",
     "patch_hook",
-    "patchscope",
+    "plot_attribute_heatmap",
+    "plot_decoding",
     "random_identity_prompts",
     "relation_prompts",
+    "token_grid_view",
 ]

@@ -78,7 +78,8 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     from lens_pivotal.cli import _load, _parse_ints
     from lens_pivotal.patchscope.attributes import attribute_extraction
     from lens_pivotal.patchscope.relations import list_relations, load_relation
-    from lens_pivotal.plots import plot_attribute_heatmap, save_figure
+    from lens_pivotal.patchscope.plots import plot_attribute_heatmap
+    from lens_pivotal.viz import save_figure
 
     if args.list:
         print("\n".join(list_relations()))

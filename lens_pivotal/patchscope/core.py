@@ -188,7 +188,3 @@ class Patchscope:
         names = [target_model.tokenizer.decode([index]) for index in top.indices.tolist()]
         return PatchscopeResult(logits.float().cpu(), list(zip(names, top.values.tolist())), generation)
 
-
-def patchscope(model: TransformerBridge, config: Patchscope, *, top_k: int = 10) -> PatchscopeResult:
-    """Run ``config`` with ``model`` as the source model (see :meth:`Patchscope.inspect`)."""
-    return config.inspect(model, top_k=top_k)

@@ -252,7 +252,7 @@ def _token_decoder(model: TransformerBridge):
 
 
 def random_identity_prompts(model: TransformerBridge, n: int = 5, *, max_pairs: int = 10, seed: int = 0) -> list[str]:
-    """Seed B's random-token identity prompts, ``"tok -> tok; ...; ?"`` with 1 to ``max_pairs`` pairs.
+    """The PatchScope reimplementation's random-token identity prompts, ``"tok -> tok; ...; ?"`` with 1 to ``max_pairs`` pairs.
 
     Tokens are drawn from the vocabulary entries that decode to a plain alphabetic word.
     """

@@ -11,7 +11,8 @@ from transformer_lens.model_bridge import TransformerBridge
 from lens_pivotal.paths import atomic_write_text
 from lens_pivotal.patchscope.decoding import DecodingResult, next_token_decoding
 from lens_pivotal.patchscope.relations import relation_prompts
-from lens_pivotal.plots import plot_decoding, save_figure
+from lens_pivotal.patchscope.plots import plot_decoding
+from lens_pivotal.viz import save_figure
 
 
 def save_decoding(result: DecodingResult, out_dir: str | os.PathLike) -> tuple[Path, Path]:

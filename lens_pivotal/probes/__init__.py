@@ -7,19 +7,31 @@
 """
 
 from lens_pivotal.probes.examples import ProbeExamples, group_folds, group_split, probe_examples
-from lens_pivotal.probes.layer_probes import SEED_A_SETTINGS, LayerProbes, ProbeConfig, ProbeSettings, train_probes
+from lens_pivotal.probes.layer_probes import ADAM_PROBE_SETTINGS, LayerProbes, ProbeConfig, ProbeSettings, train_probes
 from lens_pivotal.probes.metrics import LayerMetrics, heldout_metrics
+from lens_pivotal.probes.plots import plot_layer_metrics, plot_projection
+from lens_pivotal.probes.scoring import GeneratedScores, TokenScores, generate_with_scores
+from lens_pivotal.probes.views import generated_view, token_scores_view
+from lens_pivotal.probes.workflow import format_layer_table
 
 __all__ = [
+    "ADAM_PROBE_SETTINGS",
+    "GeneratedScores",
     "LayerMetrics",
     "LayerProbes",
     "ProbeConfig",
     "ProbeExamples",
     "ProbeSettings",
-    "SEED_A_SETTINGS",
+    "TokenScores",
+    "format_layer_table",
+    "generate_with_scores",
+    "generated_view",
     "group_folds",
     "group_split",
     "heldout_metrics",
+    "plot_layer_metrics",
+    "plot_projection",
     "probe_examples",
+    "token_scores_view",
     "train_probes",
 ]

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--layers", default=None, help="comma-separated blocks (default: all)")
     train.add_argument("--embeddings", action="store_true", help="also probe the embedding stream (HF state 0)")
     train.add_argument("--negatives-per-positive", type=float, default=1.0, help="negatives per positive (default: 1)")
-    train.add_argument("--solver", choices=SOLVERS, default=DEFAULTS.solver, help="lbfgs (default) or adam (seed A's)")
+    train.add_argument("--solver", choices=SOLVERS, default=DEFAULTS.solver, help="lbfgs (default) or adam (the Algoverse probing project's)")
     train.add_argument("--l2", type=float, default=None, help="fixed L2 (default: chosen per layer by grouped CV)")
     train.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction, help="held-out fraction of problems (default: 0.2)")
     train.add_argument("--n-bootstrap", type=int, default=DEFAULTS.n_bootstrap, help="bootstrap resamples (default: 1000)")

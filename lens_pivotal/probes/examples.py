@@ -3,7 +3,7 @@
 A PTS row says: after ``pivot_context`` the model wrote ``pivot_token`` and its chance of success jumped. The
 residual stream at the LAST token of ``pivot_context`` is the one whose next-token prediction is the pivot, so that
 position is a positive. Rows of one problem that lie on one sampled solution share a single tokenization of that
-solution's longest ``pivot_context + pivot_token`` (seed A's method); each shorter row is checked to end on a token
+solution's longest ``pivot_context + pivot_token`` (the Algoverse probing project's method); each shorter row is checked to end on a token
 boundary there with the pivot re-tokenizing to ``pivot_token_id`` (and, for rows that record it, at their
 ``position``); rows that fail are reported, not kept. Rows of another sampled solution of the same problem (not a
 prefix of that text) get a tokenization of their own.

@@ -80,9 +80,10 @@ class ProbeSettings:
                 raise ValueError(f"{name} must be positive (cv_folds at least 2), got {getattr(self, name)}")
 
 
-# Seed A's probe: plain Adam on raw activations, 10 epochs of batch 32, best epoch per layer on validation.
-SEED_A_SETTINGS = {"solver": "adam", "l2": 0.0, "lr": 1e-3, "epochs": 10, "batch_size": 32,
-                   "standardize": False, "class_weight": None}
+# Plain Adam on raw activations, 10 epochs of batch 32, best epoch per layer on validation: the probe recipe of the
+# Algoverse probing project (stvngo/Algoverse-AI-Model-Probing).
+ADAM_PROBE_SETTINGS = {"solver": "adam", "l2": 0.0, "lr": 1e-3, "epochs": 10, "batch_size": 32,
+                       "standardize": False, "class_weight": None}
 
 
 @dataclass
@@ -435,7 +436,7 @@ def train_probes(
         model: the model ``acts`` came from, with the ``layers``/``embeddings`` given to the cache call: recorded in
             the config (model name, shape, hook names) so that :meth:`LayerProbes.load` can catch a mismatch.
         settings: :class:`ProbeSettings` fields, e.g. ``solver="adam"``, ``l2=1e-2``, ``val_fraction=0.2``;
-            ``**SEED_A_SETTINGS`` reproduces seed A's probe.
+            ``**ADAM_PROBE_SETTINGS`` reproduces the Algoverse probing project's probe.
 
     Returns:
         Fitted :class:`LayerProbes` with per-layer held-out metrics, a shuffled-label control and the best layer.

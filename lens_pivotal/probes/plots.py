@@ -1,6 +1,6 @@
 """Matplotlib figures of probes: layer-wise metrics with bootstrap bands and the shuffled-label control, and 2-D
 projections of activations coloured by label and by probe score. Save them with
-:func:`lens_pivotal.plots.save_figure`."""
+:func:`lens_pivotal.viz.save_figure`."""
 
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ def fit_adam(
     batch_size: int = 32,
     seed: int = 0,
 ) -> Heads:
-    """Minibatch Adam (seed A's method), keeping for each head the epoch with the lowest validation loss.
+    """Minibatch Adam (the Algoverse probing project's method), keeping for each head the epoch with the lowest validation loss.
 
     ``validation`` is ``(x_val, labels_val, weights_val)`` shaped like the training arguments. Every head sees the
     same shuffled minibatches; Adam's update is per parameter, so heads stay independent. Gradients come from

@@ -1,9 +1,5 @@
-"""circuitsvis views of probe scores, self-contained and offline.
-
-We call circuitsvis' own ``colored_tokens`` / ``colored_tokens_multi`` and keep their ``local_src`` (the page with
-circuitsvis' JavaScript bundle inline): displaying it needs no network, unlike circuitsvis' default display, which
-first probes the internet to choose between its CDN and that bundle.
-"""
+"""circuitsvis views of probe scores (``colored_tokens`` / ``colored_tokens_multi``), self-contained and offline
+(see :mod:`lens_pivotal.viz.html`)."""
 
 from __future__ import annotations
 
@@ -12,7 +8,7 @@ import html
 import circuitsvis.tokens
 
 from lens_pivotal.probes.scoring import GeneratedScores, TokenScores
-from lens_pivotal.views import HTMLView
+from lens_pivotal.viz.html import HTMLView, offline_html
 
 
 def token_scores_view(scores: TokenScores, *, title: str | None = None) -> HTMLView:
@@ -26,7 +22,7 @@ def token_scores_view(scores: TokenScores, *, title: str | None = None) -> HTMLV
         rendered = circuitsvis.tokens.colored_tokens_multi(scores.tokens, scores.scores.T.float(), labels)
         caption = f"{len(labels)} layers"
     heading = title or f"P(next token is pivotal), {caption}"
-    return HTMLView(f"<h3>{html.escape(heading)}</h3>\n{rendered.local_src}", heading)
+    return HTMLView(f"<h3>{html.escape(heading)}</h3>\n{offline_html(rendered)}", heading)
 
 
 def generated_view(generated: GeneratedScores, *, title: str | None = None) -> HTMLView:
@@ -35,4 +31,4 @@ def generated_view(generated: GeneratedScores, *, title: str | None = None) -> H
     flagged = [html.escape(repr(token)) for token, _, flag in generated if flag]
     heading = title or f"Generated text, layer {generated.layer_label}: P(token is pivotal) before each token"
     summary = f"<p>flagged at ≥ {generated.threshold:g}: {', '.join(flagged) or 'none'}</p>"
-    return HTMLView(f"<h3>{html.escape(heading)}</h3>\n{rendered.local_src}\n{summary}", heading)
+    return HTMLView(f"<h3>{html.escape(heading)}</h3>\n{offline_html(rendered)}\n{summary}", heading)

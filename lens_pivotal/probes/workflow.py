@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from lens_pivotal.paths import atomic_write_text
-from lens_pivotal.plots import save_figure
+from lens_pivotal.viz import save_figure
 from lens_pivotal.probes.examples import ProbeExamples, probe_examples
 from lens_pivotal.probes.layer_probes import LayerProbes, train_probes
 from lens_pivotal.probes.plots import plot_layer_metrics, plot_projection

@@ -16,7 +16,7 @@ from lens_pivotal.pts.problems import (
     numeric_oracle,
     parse_gsm8k_answer,
 )
-from lens_pivotal.pts.prompts import ARITHMETIC_ONE_SHOT, PromptFormat
+from lens_pivotal.pts.prompts import ARITHMETIC_ONE_SHOT, PromptFormat, prompt_token_ids
 from lens_pivotal.pts.rollouts import HFRollouts, SamplingConfig, VLLMRollouts
 from lens_pivotal.pts.schema import PivotalToken, PtsData, PtsFormatError, load_pts
 from lens_pivotal.pts.search import SearchConfig, search_pivotal_tokens
@@ -42,6 +42,7 @@ __all__ = [
     "load_shipped_pts",
     "numeric_oracle",
     "parse_gsm8k_answer",
+    "prompt_token_ids",
     "search_pivotal_tokens",
     "shipped_pts_path",
     "summarize",

@@ -1,13 +1,10 @@
 """Matplotlib figures of PatchScope results: decoding curves against the baselines, attribute heatmaps.
 
 Figures are built with the object API (no pyplot state, no backend switching): they display in Jupyter
-and save with :func:`save_figure` anywhere.
+and save with :func:`lens_pivotal.viz.save_figure` anywhere.
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 from matplotlib.figure import Figure
 
@@ -50,16 +47,3 @@ def plot_attribute_heatmap(result: AttributeResult, *, given_plain_correct: bool
     figure.tight_layout()
     return figure
 
-
-def save_figure(figure: Figure, path: str | os.PathLike) -> Path:
-    """Save ``figure`` as PNG (or the format the suffix names), creating the folder; written through a
-    temporary file and a rename, so a failure leaves nothing half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(f".{path.name}.tmp{path.suffix}")
-    try:
-        figure.savefig(scratch, dpi=120)
-        os.replace(scratch, path)
-    finally:
-        scratch.unlink(missing_ok=True)
-    return path

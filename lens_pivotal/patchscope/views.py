@@ -1,39 +1,14 @@
-"""Self-contained HTML views of PatchScope results, for notebooks and files, with no network access.
-
-circuitsvis' ``RenderedHTML`` probes the internet (1 s timeout) every time a notebook displays it, to
-choose between its CDN page and its local bundle. We render with its local bundle only
-(``circuitsvis.utils.render.render_local``), so pages work offline and display without a network call.
-"""
+"""Self-contained, offline HTML views of PatchScope results (see :mod:`lens_pivotal.viz.html`)."""
 
 from __future__ import annotations
 
 import html
-import os
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from circuitsvis.utils.render import render_local
+import circuitsvis.tokens
 
-from lens_pivotal.paths import atomic_write_text
 from lens_pivotal.patchscope.decoding import TokenGrid
-
-
-@dataclass
-class HTMLView:
-    """A self-contained HTML fragment: displays inline in Jupyter and saves as a standalone page."""
-
-    body: str
-    title: str = "lens_pivotal"
-
-    def _repr_html_(self) -> str:
-        return self.body
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write a complete HTML page (all scripts inline) to ``path``, atomically."""
-        page = f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title></head>\n<body>{self.body}</body></html>\n"
-        atomic_write_text(path, page)
-        return Path(path)
+from lens_pivotal.viz.html import HTMLView, offline_html
 
 
 def token_grid_view(grid: TokenGrid, *, title: str = "PatchScope: top-1 decoded token per layer and position") -> HTMLView:
@@ -60,7 +35,7 @@ def _grid_table(grid: TokenGrid) -> str:
 def _colored_prompt(grid: TokenGrid) -> str:
     values = grid.probs.T.to(torch.float32)
     labels = [f"layer {layer}" for layer in grid.layers]
-    return render_local("ColoredTokensMulti", tokens=grid.tokens, values=values, labels=labels)
+    return offline_html(circuitsvis.tokens.colored_tokens_multi(grid.tokens, values, labels))
 
 
 def _show(token: str) -> str:

@@ -6,7 +6,8 @@ import torch
 
 from lens_pivotal.patchscope.attributes import AttributeResult
 from lens_pivotal.patchscope.decoding import DecodingResult
-from lens_pivotal.plots import plot_attribute_heatmap, plot_decoding, save_figure
+from lens_pivotal.patchscope import plot_attribute_heatmap, plot_decoding
+from lens_pivotal.viz import save_figure
 
 
 def decoding_result() -> DecodingResult:
