@@ -27,6 +27,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from lens_pivotal.fastpath import hf_fast_path
 from lens_pivotal.model import EMBEDDING_HOOK, resid_post_hook
 from lens_pivotal.store import ResidStore, StoreWriter
+from lens_pivotal.tokens import Tokenization, token_ids
 
 TextInput = Union[str, Tensor, Sequence[int]]
 PositionInput = Union[int, Sequence[int]]
@@ -81,13 +82,14 @@ def cache_resid_post(
     shard_texts: int = 512,
     fast_path: bool = True,
     share_prefixes: bool = False,
+    tokenization: Tokenization = "tokenizer",
     progress: bool = True,
 ) -> Float[Tensor, "n_layers n_rows d_model"] | ResidStore:
     """Residual stream after each requested block, at the requested token positions.
 
     Args:
         model: a TransformerLens model from :func:`lens_pivotal.load_model`.
-        texts: strings (tokenized with ``model.to_tokens``, so BOS follows the model's default) or token
+        texts: strings, tokenized as the model's own tokenizer does (:mod:`lens_pivotal.tokens`), or token
             ids (1-D tensors or lists of ints, or one ``[n_texts, seq]`` tensor), used as given.
         positions: per text an int or a list of ints indexing that text's tokens; negatives count from
             the end.
@@ -104,13 +106,15 @@ def cache_resid_post(
         share_prefixes: (causal models) texts that start with the same ``MIN_SHARED_PREFIX`` or more tokens,
             such as several solutions of one prompt, run that common prefix once and continue from its KV cache;
             their batches are right-padded whatever ``padding_side`` says. Results are the same either way.
+        tokenization: ``"tokenizer"`` (default) or ``"transformer_lens"`` (``model.to_tokens``, BOS per
+            ``cfg.default_prepend_bos``); see :mod:`lens_pivotal.tokens`.
         progress: show a tqdm progress bar.
 
     Returns:
         ``[n_layers, n_rows, d_model]`` with rows in text order, then position order; or, with ``out``,
         the :class:`~lens_pivotal.store.ResidStore` holding the same rows.
     """
-    rows = _prepare_rows(model, texts, positions)
+    rows = _prepare_rows(model, texts, positions, tokenization)
     layout = Layout(resolve_layers(model, layers), embeddings)
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -136,7 +140,7 @@ def _progress_bar(total: int, enabled: bool, initial: int = 0) -> tqdm:
     return tqdm(total=total, initial=initial, disable=not enabled, unit="text", desc="resid_post")
 
 
-def _prepare_rows(model: TransformerBridge, texts: object, positions: object) -> Rows:
+def _prepare_rows(model: TransformerBridge, texts: object, positions: object, tokenization: Tokenization) -> Rows:
     if isinstance(texts, Tensor):
         if texts.ndim != 2:
             raise ValueError(f"a token tensor for texts must be [n_texts, seq], got shape {tuple(texts.shape)}")
@@ -149,7 +153,7 @@ def _prepare_rows(model: TransformerBridge, texts: object, positions: object) ->
         raise ValueError("texts is empty: nothing to cache")
     if len(texts) != len(positions):
         raise ValueError(f"texts and positions differ in length: {len(texts)} texts, {len(positions)} positions")
-    tokens = [_tokenize(model, text, index) for index, text in enumerate(texts)]
+    tokens = [_tokenize(model, text, index, tokenization) for index, text in enumerate(texts)]
     resolved = [_resolve_positions(spec, len(ids), index) for index, (spec, ids) in enumerate(zip(positions, tokens))]
     if getattr(model.cfg, "attention_dir", "causal") == "causal":
         # A causal model's state at position p never depends on later tokens, so they are not computed.
@@ -157,22 +161,10 @@ def _prepare_rows(model: TransformerBridge, texts: object, positions: object) ->
     return Rows(tokens, resolved)
 
 
-def _tokenize(model: TransformerBridge, text: TextInput, index: int) -> Tensor:
-    if isinstance(text, str):
-        ids = model.to_tokens(text)[0]
-    elif isinstance(text, Tensor):
-        if text.ndim == 2 and text.shape[0] == 1:
-            text = text[0]
-        if text.ndim != 1 or text.is_floating_point():
-            raise ValueError(f"text {index}: a token tensor must be 1-D integer ids, got {text.dtype} {tuple(text.shape)}")
-        ids = text
-    elif isinstance(text, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in text):
-        ids = torch.tensor(list(text), dtype=torch.long)
-    else:
-        raise TypeError(f"text {index}: expected a string or token ids, got {type(text).__name__}")
-    if ids.numel() == 0:
-        raise ValueError(f"text {index} has no tokens")
-    return ids.to("cpu", torch.long)
+def _tokenize(model: TransformerBridge, text: TextInput, index: int, tokenization: Tokenization) -> Tensor:
+    if isinstance(text, Tensor) and text.ndim == 2 and text.shape[0] == 1:
+        text = text[0]
+    return token_ids(model, text, tokenization=tokenization, what=f"text {index}").to("cpu")
 
 
 def _resolve_positions(spec: PositionInput, length: int, index: int) -> list[int]:

@@ -16,6 +16,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from lens_pivotal.kv_cache import check_kv_cache as verify_kv_cache
 from lens_pivotal.kv_cache import repair_kv_cache
+from lens_pivotal.tokens import keep_own_tokenizer
 
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
 
@@ -91,6 +92,16 @@ def _local_config(path: Path) -> Any:
     return AutoConfig.from_pretrained(path)
 
 
+def _own_tokenizer(name: str, model: TransformerBridge) -> Any:
+    """The checkpoint's tokenizer as its authors configured it (the bridge's copy always adds BOS)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError):
+        return model.tokenizer
+
+
 def load_model(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     *,
@@ -147,6 +158,7 @@ def load_model(
     if compat:
         model.enable_compatibility_mode(disable_warnings=True)
     model.eval()
+    keep_own_tokenizer(model, tokenizer if tokenizer is not None else _own_tokenizer(name, model))
     repair_kv_cache(model)
     if check_kv_cache:
         verify_kv_cache(model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Iterator
@@ -103,3 +104,16 @@ def family_models(session_cache_dir: Path):
         return loaded[arch]
 
     return load
+
+
+@functools.lru_cache(maxsize=None)
+def _checkpoint_tokenizer(directory: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(directory)
+
+
+def hf_token_ids(reference, text: str) -> torch.Tensor:
+    """``[1, seq]`` ids from the checkpoint's own tokenizer (loaded from the plain HF ``reference`` model's directory)
+    with its defaults: the independent reference for the package's tokenization rule."""
+    return torch.tensor([_checkpoint_tokenizer(str(reference.name_or_path))(text)["input_ids"]])

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import hf_token_ids
 from transformers import AutoModelForCausalLM
 
 import lens_pivotal as lp
@@ -43,7 +44,7 @@ def expected_rows(model, reference, texts, positions) -> torch.Tensor:
     """[n_layers + 1, n_rows, d_model] from one unpadded HF forward per text."""
     rows = []
     for text, spec in zip(texts, positions):
-        ids = model.to_tokens(text) if isinstance(text, str) else text.unsqueeze(0)
+        ids = hf_token_ids(reference, text) if isinstance(text, str) else text.unsqueeze(0)
         states = hf_states(reference, ids)
         for position in [spec] if isinstance(spec, int) else spec:
             rows.append(torch.stack([state[position] for state in states]))

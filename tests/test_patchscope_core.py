@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILIES
+from conftest import FAMILIES, hf_token_ids
 
 import lens_pivotal as lp
 from lens_pivotal.patchscope import IDENTITY_PROMPT, Patchscope, attribute_extraction, entity_description, load_relation
@@ -30,7 +30,7 @@ def test_patched_generation_equals_the_uncached_reference(family_models, arch):
     layers = [0, model.cfg.n_layers // 2, model.cfg.n_layers - 1]
     states = lp.cache_resid_post(model, SOURCES[:1] * len(layers), [-1] * len(layers), layers=layers, progress=False)
     vectors = states[torch.arange(len(layers)), torch.arange(len(layers))]
-    tokens = model.to_tokens(IDENTITY_PROMPT)[0]
+    tokens = hf_token_ids(reference, IDENTITY_PROMPT)[0]
     target = TargetPrompt(tokens, len(tokens) - 1, None)
     texts = patched_generate(model, target, vectors, layers, max_new_tokens=NEW_TOKENS)
     expected = [reference_text(model, reference, tokens, l, len(tokens) - 1, v) for l, v in zip(layers, vectors)]
@@ -42,7 +42,7 @@ def test_entity_description_equals_the_uncached_reference(family_models, arch):
     model, reference = family_models(arch)
     layers = [1, model.cfg.n_layers - 1]
     described = entity_description(model, SOURCES[1], layers=layers, max_new_tokens=NEW_TOKENS)
-    tokens = model.to_tokens(ENTITY_DESCRIPTION_PROMPT)[0]
+    tokens = hf_token_ids(reference, ENTITY_DESCRIPTION_PROMPT)[0]
     for layer in layers:
         vector = lp.cache_resid_post(model, [SOURCES[1]], [-1], layers=[layer], progress=False)[0, 0]
         assert described[layer] == reference_text(model, reference, tokens, layer, len(tokens) - 1, vector), layer
@@ -52,7 +52,7 @@ def test_inspect_generation_equals_the_uncached_reference(family_models):
     model, reference = family_models("qwen2")
     result = Patchscope(SOURCES[0], 1, max_new_tokens=NEW_TOKENS).inspect(model)
     vector = lp.cache_resid_post(model, [SOURCES[0]], [-1], layers=[1], progress=False)[0, 0]
-    tokens = model.to_tokens(IDENTITY_PROMPT)[0]
+    tokens = hf_token_ids(reference, IDENTITY_PROMPT)[0]
     assert result.generation == reference_text(model, reference, tokens, 1, len(tokens) - 1, vector)
 
 
@@ -64,14 +64,14 @@ def test_attribute_extraction_equals_the_uncached_reference(family_models, arch)
         model, relation, source_layers=[0, 2], target_layers=[1], max_samples=2, max_new_tokens=NEW_TOKENS,
         batch_size=3, progress=False,
     )  # fmt: skip
-    target = model.to_tokens(relation.target_prompt)[0]
+    target = hf_token_ids(reference, relation.target_prompt)[0]
     template = relation.target_template
-    position = model.to_tokens(template[: template.index("{}")] + PLACEHOLDER).shape[1] - 1
+    position = hf_token_ids(reference, template[: template.index("{}")] + PLACEHOLDER).shape[1] - 1
     for sample, subject in enumerate(result.subjects):
         for s, source in enumerate(result.source_layers):
             source_text = DEFAULT_SOURCE_TEMPLATE.format(subject)
             vector = lp.cache_resid_post(model, [source_text], [-1], layers=[source], progress=False)[0, 0]
             assert result.generations[sample][s][0] == reference_text(model, reference, target, 1, position, vector)
-        plain = model.to_tokens(relation.plain_prompt(subject))[0]
+        plain = hf_token_ids(reference, relation.plain_prompt(subject))[0]
         expected_plain = decode_continuations(model, reference_greedy_tokens(reference, plain[None], NEW_TOKENS))[0]
         assert result.plain_generations[sample] == expected_plain, "left-padded batch vs one unpadded prompt"

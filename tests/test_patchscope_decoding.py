@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILIES
+from conftest import FAMILIES, hf_token_ids
 
 import lens_pivotal as lp
 from lens_pivotal.patchscope import (
@@ -24,15 +24,15 @@ from lens_pivotal.testing import tiny_qwen_dir
 PROMPTS = relation_prompts(7, seed=1)
 
 
-def full_forward_reference(model, prompts):
+def full_forward_reference(model, reference, prompts):
     """The PatchScope reimplementation's method, written independently: per layer, a full forward of the identity prompt per prompt,
     compared with the model's own full-forward output at the source position."""
-    target = model.to_tokens(IDENTITY_PROMPT)
+    target = hf_token_ids(reference, IDENTITY_PROMPT)
     tops, hits, surprisals = [], [], []
     for layer in range(model.cfg.n_layers):
         layer_tops, layer_hits, layer_surprisals = [], [], []
         for prompt in prompts:
-            tokens = model.to_tokens(prompt)
+            tokens = hf_token_ids(reference, prompt)
             own_logits, cache = model.run_with_cache(tokens, names_filter=lp.resid_post_hook(layer))
             own = torch.log_softmax(own_logits[0, -1], dim=-1)
             hook = patch_hook(cache[lp.resid_post_hook(layer)][0, -1], -1)
@@ -48,10 +48,10 @@ def full_forward_reference(model, prompts):
 
 @pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a == "embedded" else a for a in FAMILIES])
 def test_kv_reuse_path_equals_full_forward_per_layer(family_models, arch):
-    model, _ = family_models(arch)
+    model, reference = family_models(arch)
     prompts = PROMPTS[:2] if arch == "embedded" else PROMPTS[:4]
     result = next_token_decoding(model, prompts, baselines=(), batch_size=5, progress=False)
-    tops, hits, surprisals = full_forward_reference(model, prompts)
+    tops, hits, surprisals = full_forward_reference(model, reference, prompts)
     assert result.prompts == prompts and result.train_prompts == []
     assert result.top_tokens["patchscope"] == tops
     torch.testing.assert_close(result.precision_at_1["patchscope"], hits.mean(1))

@@ -21,6 +21,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from lens_pivotal.cache import cache_resid_post, resolve_layers
 from lens_pivotal.patchscope.core import TargetPrompt, decode_continuations, patched_generate
 from lens_pivotal.patchscope.relations import PLACEHOLDER, Relation, load_relation
+from lens_pivotal.tokens import Tokenization, token_ids
 
 DEFAULT_SOURCE_TEMPLATE = "Tell me about {}"
 ENTITY_DESCRIPTION_PROMPT = (
@@ -90,6 +91,7 @@ def attribute_extraction(
     max_new_tokens: int = 20,
     source_template: str = DEFAULT_SOURCE_TEMPLATE,
     batch_size: int = 64,
+    tokenization: Tokenization = "tokenizer",
     progress: bool = True,
 ) -> AttributeResult:
     """Attribute extraction for one relation over every (sample, ℓ, ℓ*).
@@ -102,6 +104,7 @@ def attribute_extraction(
         max_new_tokens: greedy continuation length.
         source_template: the source context, ``{}`` standing for the subject, which must end it.
         batch_size: patched rows per ``generate`` call; rows of all (sample, ℓ, ℓ*) share batches.
+        tokenization: how the prompts are tokenized (:mod:`lens_pivotal.tokens`).
         progress: show a tqdm bar over the batches.
     """
     relation = load_relation(relation) if isinstance(relation, str) else relation
@@ -113,9 +116,11 @@ def attribute_extraction(
     sources = resolve_layers(model, source_layers)
     targets = resolve_layers(model, target_layers)
     subjects = [subject for subject, _ in samples]
-    states = cache_resid_post(model, [source_template.format(s) for s in subjects], [-1] * len(subjects), layers=sources, progress=False)
+    sources_text = [source_template.format(s) for s in subjects]
+    states = cache_resid_post(model, sources_text, [-1] * len(subjects), layers=sources, tokenization=tokenization, progress=False)
 
-    target = TargetPrompt(model.to_tokens(relation.target_prompt)[0], _placeholder_position(model, relation), None)
+    target_ids = token_ids(model, relation.target_prompt, tokenization=tokenization, what="target prompt")
+    target = TargetPrompt(target_ids, _placeholder_position(model, relation, tokenization), None)
     rows = [(sample, s, t) for sample in range(len(samples)) for s in range(len(sources)) for t in range(len(targets))]
     generations: list[str] = []
     for start in tqdm(range(0, len(rows), batch_size), disable=not progress, desc=relation.name, unit="batch"):
@@ -125,7 +130,7 @@ def attribute_extraction(
 
     shape = (len(samples), len(sources), len(targets))
     correct = torch.tensor([mentions(text, samples[sample][1]) for text, (sample, _, _) in zip(generations, rows)]).reshape(shape)
-    plain = _plain_generations(model, [relation.plain_prompt(s) for s in subjects], max_new_tokens)
+    plain = _plain_generations(model, [relation.plain_prompt(s) for s in subjects], max_new_tokens, tokenization)
     return AttributeResult(
         relation=relation.name,
         target_prompt=relation.target_prompt,
@@ -147,6 +152,7 @@ def entity_description(
     layers: Sequence[int] | None = None,
     source_position: int = -1,
     max_new_tokens: int = 20,
+    tokenization: Tokenization = "tokenizer",
 ) -> dict[int, str]:
     """What the model "says" about the entity ending ``source_prompt``, per layer (ℓ* = ℓ).
 
@@ -154,8 +160,10 @@ def entity_description(
     default to 0–9, as in the paper (fewer when the model has fewer blocks).
     """
     layer_list = resolve_layers(model, layers if layers is not None else range(min(10, model.cfg.n_layers)))
-    states = cache_resid_post(model, [source_prompt], [source_position], layers=layer_list, progress=False)[:, 0]
-    tokens = model.to_tokens(ENTITY_DESCRIPTION_PROMPT)[0]
+    states = cache_resid_post(
+        model, [source_prompt], [source_position], layers=layer_list, tokenization=tokenization, progress=False
+    )[:, 0]
+    tokens = token_ids(model, ENTITY_DESCRIPTION_PROMPT, tokenization=tokenization)
     target = TargetPrompt(tokens, len(tokens) - 1, None)
     texts = patched_generate(model, target, states, layer_list, max_new_tokens=max_new_tokens)
     return dict(zip(layer_list, texts))
@@ -166,20 +174,25 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
-def _placeholder_position(model: TransformerBridge, relation: Relation) -> int:
+def _placeholder_position(model: TransformerBridge, relation: Relation, tokenization: Tokenization) -> int:
     """Index of the placeholder's (last) token in the target prompt."""
     template = relation.target_template
     up_to_placeholder = template[: template.index("{}")] + PLACEHOLDER
-    return model.to_tokens(up_to_placeholder).shape[1] - 1
+    return len(token_ids(model, up_to_placeholder, tokenization=tokenization)) - 1
 
 
-def _plain_generations(model: TransformerBridge, prompts: list[str], max_new_tokens: int) -> list[str]:
+def _plain_generations(
+    model: TransformerBridge, prompts: list[str], max_new_tokens: int, tokenization: Tokenization
+) -> list[str]:
     """Greedy continuations of unpatched prompts, batched with left padding."""
-    tokens = model.to_tokens(prompts, padding_side="left")
-    lengths = [model.to_tokens(prompt).shape[1] for prompt in prompts]
+    ids = [token_ids(model, prompt, tokenization=tokenization, what=f"plain prompt {i}") for i, prompt in enumerate(prompts)]
+    width = max(map(len, ids))
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    tokens = torch.full((len(ids), width), pad, dtype=torch.long, device=ids[0].device)
     mask = torch.zeros_like(tokens)
-    for row, length in enumerate(lengths):
-        mask[row, tokens.shape[1] - length :] = 1
+    for row, row_ids in enumerate(ids):
+        tokens[row, width - len(row_ids) :] = row_ids
+        mask[row, width - len(row_ids) :] = 1
     with torch.inference_mode():
         out = model.generate(
             tokens, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, verbose=False, return_type="tokens"

@@ -20,6 +20,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from lens_pivotal.cache import cache_resid_post
 from lens_pivotal.model import resid_post_hook
 from lens_pivotal.patchscope.hooks import Mapping, layered_patch_hooks, patch_hook
+from lens_pivotal.tokens import Tokenization, token_ids
 
 IDENTITY_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"
 
@@ -48,11 +49,13 @@ class TargetPrompt:
     prefix_cache: Any | None
 
     @classmethod
-    def from_model(cls, model: TransformerBridge, prompt: str, position: int = -1) -> TargetPrompt:
-        """Tokenize ``prompt`` (BOS per the model's default) and run the prefix before ``position`` once."""
+    def from_model(
+        cls, model: TransformerBridge, prompt: str, position: int = -1, *, tokenization: Tokenization = "tokenizer"
+    ) -> TargetPrompt:
+        """Tokenize ``prompt`` (:mod:`lens_pivotal.tokens`) and run the prefix before ``position`` once."""
         if not isinstance(prompt, str) or not prompt:
             raise ValueError(f"target prompt must be a non-empty string, got {prompt!r}")
-        tokens = model.to_tokens(prompt)[0]
+        tokens = token_ids(model, prompt, tokenization=tokenization, what="target prompt")
         position = check_position(position, len(tokens), "target_position")
         cache = None
         if position > 0:
@@ -152,6 +155,7 @@ class Patchscope:
             in ``d_model``.
         target_model: the model that runs the target prompt; ``None`` means the source model.
         max_new_tokens: length of the greedy continuation (0: next-token distribution only).
+        tokenization: how both prompts are tokenized (:mod:`lens_pivotal.tokens`).
     """
 
     source_prompt: str
@@ -163,6 +167,7 @@ class Patchscope:
     mapping: Mapping | None = None
     target_model: TransformerBridge | None = None
     max_new_tokens: int = 0
+    tokenization: Tokenization = "tokenizer"
 
     def inspect(self, model: TransformerBridge, *, top_k: int = 10) -> PatchscopeResult:
         """Run the patchscope: one source pass, one patched target pass (plus generation if asked)."""
@@ -170,9 +175,10 @@ class Patchscope:
         source_layer = check_layer(model, self.source_layer, "source_layer")
         target_layer = check_layer(target_model, source_layer if self.target_layer is None else self.target_layer, "target_layer")
         vector = cache_resid_post(
-            model, [self.source_prompt], [self.source_position], layers=[source_layer], progress=False
+            model, [self.source_prompt], [self.source_position], layers=[source_layer], tokenization=self.tokenization,
+            progress=False,
         )[0, 0]
-        tokens = target_model.to_tokens(self.target_prompt)
+        tokens = token_ids(target_model, self.target_prompt, tokenization=self.tokenization, what="target_prompt")[None]
         target_position = check_position(self.target_position, tokens.shape[1], "target_position")
         hook = patch_hook(vector, target_position, mapping=self.mapping, attention_mask=torch.ones_like(tokens))
         with torch.inference_mode(), target_model.hooks(fwd_hooks=[(resid_post_hook(target_layer), hook)]):

@@ -22,8 +22,11 @@ from lens_pivotal.cache import cache_resid_post, resolve_layers
 from lens_pivotal.lens import logit_lens
 from lens_pivotal.patchscope.core import IDENTITY_PROMPT, TargetPrompt, check_layer, patched_logits
 from lens_pivotal.patchscope.mappings import AffineMap
+from lens_pivotal.patchscope.relations import relation_prompts
+from lens_pivotal.tokens import Tokenization, token_ids
 
 BASELINES = ("logit_lens", "affine")
+AFFINE_CORPUS_SEED = 1  # relation prompts for the affine lens's fit are drawn with their own seed
 TargetLayers = Union[Literal["same"], int, Sequence[int]]
 
 
@@ -95,7 +98,9 @@ def next_token_decoding(
     source_batch_size: int = 64,
     train_fraction: float = 0.5,
     ridge: float = 1e-3,
+    affine_texts: int | Sequence[str] = 256,
     seed: int = 0,
+    tokenization: Tokenization = "tokenizer",
     progress: bool = True,
 ) -> DecodingResult:
     """Next-token decoding of ``prompts`` at every requested layer.
@@ -108,11 +113,16 @@ def next_token_decoding(
         source_positions: one position for all prompts or one per prompt (negatives from the end).
         target_layers: ``"same"`` (ℓ* = ℓ), one block for every source layer, or one per source layer.
         baselines: any of ``"logit_lens"`` and ``"affine"``. The affine lens (ℓ → last block, least
-            squares with ``ridge``) is fitted on the states of a ``train_fraction`` split of the prompts
-            (every token but the first) and every method is then evaluated on the other prompts only.
+            squares with ``ridge``; the identity at the last block) is fitted on every token but the first of a
+            ``train_fraction`` split of the prompts plus ``affine_texts``, and every method is then evaluated on
+            the other prompts only.
+        affine_texts: more fitting text for the affine lens: a list of strings, or a number of
+            :func:`~lens_pivotal.patchscope.relation_prompts` (the shipped LRE relations) that are not among the
+            evaluated prompts. A map onto hundreds of dimensions needs thousands of token states.
         batch_size: (prompt, layer) rows per patched forward pass; each row costs about one token.
         source_batch_size: prompts per forward pass when reading the source states.
         seed: seed of the train/evaluation split.
+        tokenization: how prompts are tokenized (:mod:`lens_pivotal.tokens`).
         progress: show a tqdm bar over the patched batches.
     """
     prompts = _check_prompts(prompts)
@@ -131,16 +141,17 @@ def next_token_decoding(
     read = sorted({*layer_list, last})
     states = cache_resid_post(
         model, [prompts[i] for i in evaluated], [positions[i] for i in evaluated], layers=read,
-        batch_size=source_batch_size, progress=False,
+        batch_size=source_batch_size, tokenization=tokenization, progress=False,
     )
     own_logp = torch.log_softmax(logit_lens(model, states[read.index(last)]).float(), dim=-1).cpu()
     layer_states = states[[read.index(layer) for layer in layer_list]]
 
-    tops = {"patchscope": _patchscope_tops(model, layer_states, targets, target_texts, batch_size, progress)}
+    tops = {"patchscope": _patchscope_tops(model, layer_states, targets, target_texts, batch_size, tokenization, progress)}
     if "logit_lens" in baselines:
         tops["logit_lens"] = [_lens_tops(model, layer_states)]
     if "affine" in baselines:
-        maps = _fit_affine_lenses(model, [prompts[i] for i in trained], read, ridge, source_batch_size)
+        fit_texts = [prompts[i] for i in trained] + _extra_fit_texts(affine_texts, {prompts[i] for i in evaluated})
+        maps = _fit_affine_lenses(model, fit_texts, read, ridge, source_batch_size, tokenization)
         tops["affine"] = [_lens_tops(model, layer_states, [maps[layer] for layer in layer_list])]
 
     own_top = own_logp.argmax(dim=-1)
@@ -164,6 +175,7 @@ def _patchscope_tops(
     target_layers: list[int],
     target_texts: list[str],
     batch_size: int,
+    tokenization: Tokenization,
     progress: bool,
 ) -> list[Int[Tensor, "n_layers n_prompts"]]:
     """Patched top-1 per (layer, prompt), one tensor per target prompt; rows of all layers share batches."""
@@ -172,7 +184,7 @@ def _patchscope_tops(
     row_layers = [layer for layer in target_layers for _ in range(n_prompts)]
     results = []
     for text in target_texts:
-        target = TargetPrompt.from_model(model, text)
+        target = TargetPrompt.from_model(model, text, tokenization=tokenization)
         top = torch.empty(len(vectors), dtype=torch.long)
         starts = range(0, len(vectors), batch_size)
         for start in tqdm(starts, disable=not progress, desc="patchscope", unit="batch"):
@@ -195,14 +207,31 @@ def _lens_tops(
     return torch.stack(tops)
 
 
+def _extra_fit_texts(affine_texts: int | Sequence[str], evaluated: set[str]) -> list[str]:
+    """The affine lens's extra fitting texts: the list given, or that many relation prompts not evaluated."""
+    if not isinstance(affine_texts, int):
+        return [text for text in affine_texts if text not in evaluated]
+    if affine_texts <= 0:
+        return []
+    candidates = relation_prompts(affine_texts + len(evaluated), seed=AFFINE_CORPUS_SEED)
+    return [text for text in candidates if text not in evaluated][:affine_texts]
+
+
 def _fit_affine_lenses(
-    model: TransformerBridge, texts: list[str], layers: list[int], ridge: float, batch_size: int
+    model: TransformerBridge, texts: list[str], layers: list[int], ridge: float, batch_size: int, tokenization: Tokenization
 ) -> dict[int, AffineMap]:
-    """One least-squares map per layer onto the last block, from every token but the first of ``texts``."""
-    lengths = [model.to_tokens(text).shape[1] for text in texts]
-    positions = [list(range(1, length)) or [0] for length in lengths]
-    states = cache_resid_post(model, texts, positions, layers=layers, batch_size=batch_size, progress=False)
-    return {layer: AffineMap.fit(states[index], states[-1], ridge=ridge) for index, layer in enumerate(layers)}
+    """One least-squares map per layer onto the last block, from every token but the first of ``texts``; the
+    last block maps onto itself exactly."""
+    if not texts:
+        raise ValueError("the affine lens has no fitting text: pass affine_texts or a train_fraction above 0")
+    ids = [token_ids(model, text, tokenization=tokenization, what=f"affine text {i}").cpu() for i, text in enumerate(texts)]
+    positions = [list(range(1, len(tokens))) or [0] for tokens in ids]
+    states = cache_resid_post(model, ids, positions, layers=layers, batch_size=batch_size, progress=False)
+    last = model.cfg.n_layers - 1
+    return {
+        layer: AffineMap.identity(model.cfg.d_model) if layer == last else AffineMap.fit(states[index], states[-1], ridge=ridge)
+        for index, layer in enumerate(layers)
+    }
 
 
 def _check_prompts(prompts: Sequence[str]) -> list[str]:
@@ -289,14 +318,15 @@ def decode_positions(
     layers: Sequence[int] | None = None,
     target_prompt: str = IDENTITY_PROMPT,
     batch_size: int = 512,
+    tokenization: Tokenization = "tokenizer",
 ) -> TokenGrid:
     """Patch every position of ``prompt`` at every layer into ``target_prompt`` (ℓ* = ℓ) and read the top-1."""
     layer_list = resolve_layers(model, layers)
-    tokens = model.to_tokens(prompt)[0]
+    tokens = token_ids(model, prompt, tokenization=tokenization, what="prompt")
     states = cache_resid_post(model, [tokens], [list(range(len(tokens)))], layers=layer_list, progress=False)
     vectors = states.reshape(-1, states.shape[-1])
     row_layers = [layer for layer in layer_list for _ in range(len(tokens))]
-    target = TargetPrompt.from_model(model, target_prompt)
+    target = TargetPrompt.from_model(model, target_prompt, tokenization=tokenization)
     probs = []
     for start in range(0, len(vectors), batch_size):
         rows = slice(start, start + batch_size)

@@ -20,6 +20,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from lens_pivotal.cache import cache_resid_post
 from lens_pivotal.paths import atomic_dir
+from lens_pivotal.tokens import Tokenization, token_ids
 
 
 @dataclass
@@ -58,6 +59,11 @@ class AffineMap:
         return cls(weight.float(), (y_mean - x_mean @ weight).float())
 
     @classmethod
+    def identity(cls, d_model: int) -> AffineMap:
+        """The map that changes nothing (the affine lens of the last block onto itself)."""
+        return cls(torch.eye(d_model), torch.zeros(d_model))
+
+    @classmethod
     def from_models(
         cls,
         source_model: TransformerBridge,
@@ -68,14 +74,15 @@ class AffineMap:
         *,
         ridge: float = 1e-3,
         batch_size: int = 16,
+        tokenization: Tokenization = "tokenizer",
     ) -> AffineMap:
         """Fit on paired ``resid_post`` states of the same ``texts`` in two models (or two layers of one).
 
         Every token position is paired when both models tokenize a text the same way; otherwise only
         its last token is.
         """
-        source_ids = [source_model.to_tokens(text)[0] for text in texts]
-        target_ids = [target_model.to_tokens(text)[0] for text in texts]
+        source_ids = [token_ids(source_model, text, tokenization=tokenization).cpu() for text in texts]
+        target_ids = [token_ids(target_model, text, tokenization=tokenization).cpu() for text in texts]
         positions = [
             list(range(len(s))) if torch.equal(s.cpu(), t.cpu()) else [-1] for s, t in zip(source_ids, target_ids)
         ]

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from lens_pivotal.cache import Layout, cache_resid_post
 from lens_pivotal.model import EMBEDDING_HOOK
+from lens_pivotal.tokens import token_ids
 
 from lens_pivotal.probes.layer_probes import block_of
 
@@ -137,7 +138,7 @@ def score_text(probes: LayerProbes, model: Any, text: str | Sequence[int] | Tens
     """
     probes.check_model(model)
     layers = _resolve_choice(probes, layer)
-    ids = token_ids(model, text)
+    ids = _answer_ids(model, text)
     names = [probes.config.hook_names[index] for index in layers]
     layout = Layout(sorted({block_of(name) for name in names} - {None}) or [0], EMBEDDING_HOOK in names)
     acts = cache_resid_post(
@@ -167,7 +168,7 @@ def generate_with_scores(
     token is sampled (e.g. to print a warning as a likely pivot comes up). ``generate_kwargs`` go to
     ``model.generate`` (e.g. ``do_sample=False``).
     """
-    prompt_ids = token_ids(model, prompt)
+    prompt_ids = _answer_ids(model, prompt)
     tokens_in = torch.tensor([prompt_ids], device=next(model.parameters()).device)
     live = None if on_score is None else (lambda scores: on_score(float(scores[0])))
     with recording(probes, model, layer, live) as recorder:
@@ -178,19 +179,10 @@ def generate_with_scores(
     return GeneratedScores(prompt_ids, tokens, new_ids, scores, threshold, recorder.layer_label)
 
 
-def token_ids(model: Any, text: str | Sequence[int] | Tensor) -> list[int]:
-    """Token ids of ``text`` as the probes' examples were tokenized (no added special tokens); ids pass through."""
-    if isinstance(text, str):
-        ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
-    elif isinstance(text, Tensor):
-        ids = text.flatten().tolist()
-    elif isinstance(text, Sequence) and all(isinstance(token, int) for token in text):
-        ids = list(text)
-    else:
-        raise TypeError(f"text must be a string or token ids, got {type(text).__name__}")
-    if not ids:
-        raise ValueError("text has no tokens")
-    return ids
+def _answer_ids(model: Any, text: str | Sequence[int] | Tensor) -> list[int]:
+    """Token ids of ``text`` as the probes' examples were tokenized: PTS contexts already hold the model's special
+    tokens, so none are added (:mod:`lens_pivotal.tokens`); ids pass through."""
+    return token_ids(model, text, add_special_tokens=False).tolist()
 
 
 def _resolve_choice(probes: LayerProbes, layer: LayerChoice) -> list[int]:
