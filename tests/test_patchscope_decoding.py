@@ -84,6 +84,10 @@ def test_affine_baseline_uses_a_held_out_split(tiny_qwen3_model):
     assert set(result.train_prompts).isdisjoint(result.prompts)
     assert set(result.train_prompts) | set(result.prompts) == set(prompts)
     assert result.hits["affine"].shape == result.hits["patchscope"].shape == (3, 6)
+    assert len(result.affine_texts) == 256 and set(result.affine_texts).isdisjoint(result.prompts)
+    assert result.precision_at_1["affine"][-1] == 1.0, "the last block's affine lens is the identity"
+    own = next_token_decoding(tiny_qwen3_model, prompts, baselines=("affine",), affine_texts=prompts[:2], progress=False)
+    assert own.affine_texts == [text for text in prompts[:2] if text not in own.prompts]
 
 
 def test_fixed_target_layer_and_several_target_prompts(tiny_qwen3_model):

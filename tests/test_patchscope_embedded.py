@@ -24,6 +24,13 @@ def test_decoding_curve_is_low_early_high_late_and_exact_at_the_last_layer(model
     assert result.surprisal["patchscope"][-5:].mean() < result.surprisal["patchscope"][:5].mean()
 
 
+def test_affine_lens_is_exact_at_the_last_layer_and_beats_the_logit_lens_below(model):
+    result = next_token_decoding(model, relation_prompts(40, seed=5), progress=False)
+    affine, logit_lens = result.precision_at_1["affine"], result.precision_at_1["logit_lens"]
+    assert affine[-1] == 1.0 and len(result.affine_texts) == 256
+    assert affine[10:29].mean() > logit_lens[10:29].mean() + 0.1
+
+
 def test_identity_patchscope_reads_paris_from_upper_layers_only(model):
     upper = Patchscope("The capital of France is", 24).inspect(model, top_k=1).top_tokens[0][0]
     lower = Patchscope("The capital of France is", 6).inspect(model, top_k=1).top_tokens[0][0]

@@ -9,7 +9,7 @@ the patched argmax under the model's own next-token distribution, in nats.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Sequence, Union
 
 import torch
@@ -48,6 +48,7 @@ class DecodingResult:
     top_tokens: dict[str, list[list[str]]]
     hits: dict[str, Float[Tensor, "n_layers n_prompts"]]
     surprisals: dict[str, Float[Tensor, "n_layers n_prompts"]]
+    affine_texts: list[str] = field(default_factory=list)
 
     @property
     def precision_at_1(self) -> dict[str, Float[Tensor, " n_layers"]]:
@@ -77,6 +78,7 @@ class DecodingResult:
             "target_layers": self.target_layers,
             "prompts": self.prompts,
             "train_prompts": self.train_prompts,
+            "affine_texts": self.affine_texts,
             "target_prompts": self.target_prompts,
             "model_top_tokens": self.model_top_tokens,
             "precision_at_1": {m: v.tolist() for m, v in self.precision_at_1.items()},
@@ -149,8 +151,9 @@ def next_token_decoding(
     tops = {"patchscope": _patchscope_tops(model, layer_states, targets, target_texts, batch_size, tokenization, progress)}
     if "logit_lens" in baselines:
         tops["logit_lens"] = [_lens_tops(model, layer_states)]
+    extra_texts = _extra_fit_texts(affine_texts, {prompts[i] for i in evaluated}) if "affine" in baselines else []
     if "affine" in baselines:
-        fit_texts = [prompts[i] for i in trained] + _extra_fit_texts(affine_texts, {prompts[i] for i in evaluated})
+        fit_texts = [prompts[i] for i in trained] + extra_texts
         maps = _fit_affine_lenses(model, fit_texts, read, ridge, source_batch_size, tokenization)
         tops["affine"] = [_lens_tops(model, layer_states, [maps[layer] for layer in layer_list])]
 
@@ -166,6 +169,7 @@ def next_token_decoding(
         top_tokens={method: [decode(row) for row in top[0]] for method, top in tops.items()},
         hits={method: torch.stack([(top == own_top).float() for top in runs]).mean(0) for method, runs in tops.items()},
         surprisals={method: torch.stack([-own_logp.gather(1, top.T).T for top in runs]).mean(0) for method, runs in tops.items()},
+        affine_texts=extra_texts,
     )
 
 

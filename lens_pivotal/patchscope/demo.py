@@ -30,6 +30,7 @@ def decoding_demo(model: TransformerBridge, out_dir: str | os.PathLike, *, n_pro
     _, png = save_decoding(result, out_dir)
     header = (
         f"PatchScope next-token decoding of {model.cfg.model_name}: {len(result.prompts)} held-out prompts "
-        f"({len(result.train_prompts)} fitted the affine lens); curve in {png}"
+        f"(the affine lens was fitted on {len(result.train_prompts)} others and {len(result.affine_texts)} more "
+        f"relation prompts); curve in {png}"
     )
     return f"{header}\n{result.table()}"
