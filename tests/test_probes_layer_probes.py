@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -94,6 +95,24 @@ def test_loading_onto_another_model_shape_is_an_error(fitted, tmp_path, tiny_qwe
     probes.save(tmp_path / "probes")
     with pytest.raises(ValueError, match=r"d_model 48, 5 layers\).*has d_model 64 and 3 layers"):
         LayerProbes.load(tmp_path / "probes", model=tiny_qwen3_model)
+
+
+def test_loading_onto_another_model_of_the_same_shape_warns(tmp_path, tiny_qwen3_model):
+    acts, labels = torch.randn(3, 40, 64), torch.arange(40) % 2
+    probes = train_probes(acts, labels, groups=[str(i // 4) for i in range(40)], model=tiny_qwen3_model, l2=1.0, n_bootstrap=0)
+    probes.save(tmp_path / "probes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LayerProbes.load(tmp_path / "probes", model=tiny_qwen3_model)
+    config = json.loads((tmp_path / "probes" / "config.json").read_text())
+    config.update(model_name="Qwen/Qwen3-0.6B-Base", from_the_future=1)
+    config["settings"]["new_knob"] = 2
+    (tmp_path / "probes" / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="trained on 'Qwen/Qwen3-0.6B-Base', not on") as caught:
+        loaded = LayerProbes.load(tmp_path / "probes", model=tiny_qwen3_model)
+    ignored = [str(w.message) for w in caught if "ignoring keys" in str(w.message)]
+    assert any("from_the_future" in m for m in ignored) and any("new_knob" in m for m in ignored)
+    assert torch.equal(loaded.predict_proba(acts), probes.predict_proba(acts))
 
 
 def test_a_failed_save_leaves_nothing(fitted, tmp_path, monkeypatch):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field, replace
+import warnings
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -119,9 +120,18 @@ class ProbeConfig:
         data = json.loads(text)
         if data.get("format") != FORMAT:
             raise ValueError(f"{where}: not a lens_pivotal probe config (format {data.get('format')!r}, expected {FORMAT!r})")
-        settings = data.pop("settings")
+        settings = _known_fields(ProbeSettings, data.pop("settings"), f"{where} settings")
         settings["l2_grid"] = tuple(settings["l2_grid"])
-        return cls(settings=ProbeSettings(**settings), **data)
+        return cls(settings=ProbeSettings(**settings), **_known_fields(cls, data, where))
+
+
+def _known_fields(kind: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` without the keys ``kind`` does not know (a newer version wrote them), with a warning naming them."""
+    known = {item.name for item in fields(kind)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        warnings.warn(f"{where}: ignoring keys this version does not know: {', '.join(unknown)}", stacklevel=3)
+    return {key: value for key, value in data.items() if key in known}
 
 
 def block_of(hook_name: str) -> int | None:
@@ -262,6 +272,9 @@ class LayerProbes:
     def load(cls, directory: str | os.PathLike, model: Any | None = None) -> LayerProbes:
         """Probes saved by :meth:`save`; with ``model``, check that they were trained on a model of its shape.
 
+        Unknown config keys (from a newer version) are ignored with a warning; a ``model`` of the same shape but
+        another name gets a warning.
+
         Raises:
             FileNotFoundError: the directory or one of its two files is missing.
             ValueError: the files disagree with each other, or ``model`` has another ``d_model`` or layer count.
@@ -280,6 +293,12 @@ class LayerProbes:
         probes.fitted = True
         if model is not None:
             probes.check_model(model)
+            if model.cfg.model_name != probes.config.model_name:
+                warnings.warn(
+                    f"these probes were trained on {probes.config.model_name!r}, not on {model.cfg.model_name!r} (same "
+                    "shape): a base and an instruct model, say, have different residual streams",
+                    stacklevel=2,
+                )
         return probes
 
     def check_model(self, model: Any) -> None:
