@@ -9,8 +9,7 @@ Data flows ``model → cache → probes / patchscope → views``::
     probes = lp.train_probes(examples.cache(model), examples.labels, groups=examples.groups, model=model)
 """
 
-from lens_pivotal import patchscope, probes, pts, viz
-from lens_pivotal.cache import cache_resid_post
+from lens_pivotal import patchscope, probes, pts, resid, viz
 from lens_pivotal.embedded import embedded_model
 from lens_pivotal.kv_cache import KVCacheError
 from lens_pivotal.lens import logit_lens
@@ -25,7 +24,7 @@ from lens_pivotal.patchscope import (
 )
 from lens_pivotal.probes import LayerProbes, generate_with_scores, group_split, probe_examples, train_probes
 from lens_pivotal.pts import load_pts, search_pivotal_tokens
-from lens_pivotal.store import ResidStore
+from lens_pivotal.resid import ResidStore, cache_resid_post
 from lens_pivotal.viz import save_figure
 
 __all__ = [
@@ -50,6 +49,7 @@ __all__ = [
     "probe_examples",
     "probes",
     "pts",
+    "resid",
     "resid_post_hook",
     "save_figure",
     "search_pivotal_tokens",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
+
+from lens_pivotal._io import jsonl_lines
 
 EMBEDDED = "embedded"
 
@@ -42,15 +43,12 @@ def _read_inputs(path: Path, text_field: str, positions_field: str, default_posi
         texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         return texts, [default_positions] * len(texts)
     texts, positions = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise SystemExit(f"error: {path}:{number} is not JSON ({error.msg})") from None
+    for line in jsonl_lines(path):
+        if line.error is not None:
+            raise SystemExit(f"error: {line.describe_error()}")
+        row = line.value
         if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
-            raise SystemExit(f"error: {path}:{number} has no string field {text_field!r}")
+            raise SystemExit(f"error: {line.where} has no string field {text_field!r}")
         texts.append(row[text_field])
         positions.append(row.get(positions_field, default_positions))
     return texts, positions
@@ -75,7 +73,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from lens_pivotal.cache import cache_resid_post
+    from lens_pivotal.resid.cache import cache_resid_post
     from lens_pivotal.model import resolve_dtype
 
     texts, positions = _read_inputs(Path(args.input), args.text_field, args.positions_field, _parse_ints(args.positions, "--positions"))

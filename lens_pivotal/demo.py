@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from lens_pivotal.cache import cache_resid_post
+from lens_pivotal.resid.cache import cache_resid_post
 from lens_pivotal.lens import logit_lens
 
 DEMO_PROMPTS = (

@@ -30,7 +30,8 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from lens_pivotal.paths import atomic_dir, user_cache_dir
+from lens_pivotal._io import atomic_dir
+from lens_pivotal.paths import user_cache_dir
 
 QWEN_SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"

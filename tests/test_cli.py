@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from lens_pivotal.cli import build_parser, main
-from lens_pivotal.store import ResidStore
+from lens_pivotal.resid.store import ResidStore
 from lens_pivotal.testing import tiny_qwen_dir
 
 
@@ -51,7 +51,7 @@ def test_cache_reads_txt_with_default_positions(tmp_path):
 def test_cache_names_the_bad_line(tmp_path):
     data = tmp_path / "texts.jsonl"
     data.write_text('{"text": "ok"}\n{not json}\n')
-    with pytest.raises(SystemExit, match=r"texts.jsonl:2 is not JSON"):
+    with pytest.raises(SystemExit, match=r"texts.jsonl:2: not valid JSON"):
         main(["cache", str(data), "--model", str(tiny_qwen_dir("qwen3")), "--out", str(tmp_path / "s")])
     data.write_text('{"text": "ok"}\n{"txt": "typo"}\n')
     with pytest.raises(SystemExit, match=r"texts.jsonl:2 has no string field 'text'"):

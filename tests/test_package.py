@@ -12,7 +12,9 @@ import pytest
 import lens_pivotal as lp
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLIC_MODULES = ["lens_pivotal", "lens_pivotal.patchscope", "lens_pivotal.probes", "lens_pivotal.pts", "lens_pivotal.viz"]
+PUBLIC_MODULES = [
+    "lens_pivotal", "lens_pivotal.patchscope", "lens_pivotal.probes", "lens_pivotal.pts", "lens_pivotal.resid", "lens_pivotal.viz",
+]
 
 
 def test_subpackages_are_reachable_as_attributes():

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lens_pivotal.paths import atomic_write_text
+from lens_pivotal._io import atomic_write_text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

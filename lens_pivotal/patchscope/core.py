@@ -17,7 +17,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from lens_pivotal.cache import cache_resid_post
+from lens_pivotal.resid.cache import cache_resid_post
 from lens_pivotal.model import resid_post_hook
 from lens_pivotal.patchscope.hooks import Mapping, layered_patch_hooks, patch_hook
 from lens_pivotal.tokens import Tokenization, token_ids

@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from lens_pivotal.cache import cache_resid_post, resolve_layers
+from lens_pivotal.resid.cache import cache_resid_post, resolve_layers
 from lens_pivotal.lens import logit_lens
 from lens_pivotal.patchscope.core import IDENTITY_PROMPT, TargetPrompt, check_layer, patched_logits
 from lens_pivotal.patchscope.mappings import AffineMap

@@ -73,7 +73,7 @@ class ProbeExamples:
         ``dtype``, ``out``, ...). ``share_prefixes`` defaults to ``True`` here: PTS texts repeat their prompt (and
         several solutions of one problem their question), which then runs once.
         """
-        from lens_pivotal.cache import cache_resid_post
+        from lens_pivotal.resid.cache import cache_resid_post
 
         per_text: list[list[int]] = [[] for _ in self.token_ids]
         for text, position in zip(self.text_index, self.positions):

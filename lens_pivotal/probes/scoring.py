@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lens_pivotal.cache import Layout, cache_resid_post
+from lens_pivotal.resid.cache import Layout, cache_resid_post
 from lens_pivotal.model import EMBEDDING_HOOK
 from lens_pivotal.tokens import token_ids
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from lens_pivotal.paths import atomic_write_text
+from lens_pivotal._io import atomic_write_text
 from lens_pivotal.viz import save_figure
 from lens_pivotal.probes.examples import ProbeExamples, probe_examples
 from lens_pivotal.probes.layer_probes import LayerProbes, train_probes

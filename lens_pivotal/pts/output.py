@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from lens_pivotal.paths import atomic_write_text
+from lens_pivotal._io import atomic_write_text, jsonl_lines
 from lens_pivotal.pts.schema import PivotalToken, write_rows
 
 ProblemKey = tuple[str, str]
@@ -28,16 +28,12 @@ def progress_path(out: str | os.PathLike) -> Path:
 
 def _read_json_lines(path: Path) -> tuple[list[Any], bool]:
     """Parsed lines, and whether a torn (unparseable) last line was dropped. Any other bad line is an error."""
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    records = []
+    lines = list(jsonl_lines(path))
     for number, line in enumerate(lines, start=1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                return records, True
-            raise ValueError(f"{path}:{number}: not valid JSON; this file was not written by an interrupted search") from None
-    return records, False
+        if line.error is not None and number < len(lines):
+            raise ValueError(f"{line.describe_error()}; this file was not written by an interrupted search")
+    torn = bool(lines) and lines[-1].error is not None
+    return [line.value for line in (lines[:-1] if torn else lines)], torn
 
 
 def _key(record: dict[str, Any]) -> ProblemKey:

@@ -6,7 +6,6 @@ only when asked for), and a JSONL file of ``{"question": ..., "answer": ...}`` o
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -14,6 +13,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable
+
+from lens_pivotal._io import JsonLine, jsonl_lines
 
 ARITHMETIC_DATASET_ID = "lens_pivotal/arithmetic"
 GSM8K_DATASET_ID = "openai/gsm8k"
@@ -161,12 +162,10 @@ def gsm8k_problems(split: str = "test", limit: int | None = None) -> list[Proble
     ]
 
 
-def _problem_from_line(line: str, number: int, path: Path, dataset_id: str) -> Problem:
-    where = f"{path}:{number}"
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ProblemFileError(f"{where}: not valid JSON ({error.msg})") from None
+def _problem_from_line(line: JsonLine, dataset_id: str) -> Problem:
+    where, number, row = line.where, line.number, line.value
+    if line.error is not None:
+        raise ProblemFileError(line.describe_error())
     if not isinstance(row, dict):
         raise ProblemFileError(f"{where}: expected a JSON object, got {type(row).__name__}")
     question, answer = row.get("question"), row.get("answer")
@@ -192,11 +191,7 @@ def load_problems_jsonl(path: str | os.PathLike, *, dataset_id: str | None = Non
     """
     path = Path(path)
     dataset_id = dataset_id or path.name
-    problems = [
-        _problem_from_line(line, number, path, dataset_id)
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
-        if line.strip()
-    ]
+    problems = [_problem_from_line(line, dataset_id) for line in jsonl_lines(path)]
     ids = [problem.item_id for problem in problems]
     if len(set(ids)) != len(ids):
         duplicate = next(item for item in ids if ids.count(item) > 1)

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from lens_pivotal._io import JsonLine, jsonl_lines
+
 V2_RENAMES = {"context": "pivot_context", "label": "pivot_token", "token_id": "pivot_token_id"}
 TEXT_FIELDS = ("model_id", "query", "pivot_context", "pivot_token")
 LABEL_FIELDS = ("task_type", "dataset_id")
@@ -219,15 +221,9 @@ class PtsData:
 
 
 def _file_records(path: Path) -> Iterator[tuple[str, Any]]:
-    """(where, parsed JSON or the JSONDecodeError) for each non-blank line of a JSONL file."""
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{number}", json.loads(line)
-            except json.JSONDecodeError as error:
-                yield f"{path}:{number}", error
+    """(where, parsed JSON or the line's :class:`~lens_pivotal._io.JsonLine` when it is not JSON) per non-blank line."""
+    for line in jsonl_lines(path):
+        yield line.where, line if line.error is not None else line.value
 
 
 def _dataset_records(source: str, rows: Iterable[dict[str, Any]]) -> Iterator[tuple[str, Any]]:
@@ -269,8 +265,8 @@ def load_pts(source: str | os.PathLike, *, strict: bool = True, split: str = "tr
     rows, seen, skipped, duplicates = [], set(), [], 0
     for where, record in _records(source, split):
         try:
-            if isinstance(record, json.JSONDecodeError):
-                raise PtsFormatError(f"{where}: not valid JSON ({record.msg} at column {record.colno})")
+            if isinstance(record, JsonLine):
+                raise PtsFormatError(record.describe_error())
             row = PivotalToken.from_dict(record, where)
         except PtsFormatError as error:
             if strict:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lens_pivotal.paths import atomic_write_text
+from lens_pivotal._io import atomic_write_text
 
 
 @dataclass

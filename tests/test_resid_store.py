@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from lens_pivotal.store import MANIFEST, ResidStore, StoreWriter
+from lens_pivotal.resid.store import MANIFEST, ResidStore, StoreWriter
 
 MANIFEST_FIELDS = {"input_hash": "abc", "n_texts": 3, "n_rows": 4, "d_model": 2, "hook_names": ["h0", "h1"]}
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lens_pivotal as lp
-from lens_pivotal.fastpath import hf_fast_path
+from lens_pivotal.resid.fastpath import hf_fast_path
 
 TEXTS, POSITIONS = ["The capital of France is", "Hi there, how are you?"], [[0, -1], -1]
 

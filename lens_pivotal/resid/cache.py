@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformer_lens.model_bridge import TransformerBridge
 
-from lens_pivotal.fastpath import hf_fast_path
+from lens_pivotal.resid.fastpath import hf_fast_path
 from lens_pivotal.model import EMBEDDING_HOOK, resid_post_hook
-from lens_pivotal.store import ResidStore, StoreWriter
+from lens_pivotal.resid.store import ResidStore, StoreWriter
 from lens_pivotal.tokens import Tokenization, token_ids
 
 TextInput = Union[str, Tensor, Sequence[int]]
@@ -102,7 +102,7 @@ def cache_resid_post(
             same inputs resumes an interrupted store, and a finished one is reopened without computing.
         shard_texts: texts per shard when writing to ``out``; peak memory is bounded by one shard.
         fast_path: run hook-free attention (as SDPA), MLPs and norms through the HF modules the bridge
-            wraps (see :mod:`lens_pivotal.fastpath`); ``False`` keeps the bridge's own eager path.
+            wraps (see :mod:`lens_pivotal.resid.fastpath`); ``False`` keeps the bridge's own eager path.
         share_prefixes: (causal models) texts that start with the same ``MIN_SHARED_PREFIX`` or more tokens,
             such as several solutions of one prompt, run that common prefix once and continue from its KV cache;
             their batches are right-padded whatever ``padding_side`` says. Results are the same either way.
@@ -112,7 +112,7 @@ def cache_resid_post(
 
     Returns:
         ``[n_layers, n_rows, d_model]`` with rows in text order, then position order; or, with ``out``,
-        the :class:`~lens_pivotal.store.ResidStore` holding the same rows.
+        the :class:`~lens_pivotal.resid.store.ResidStore` holding the same rows.
     """
     rows = _prepare_rows(model, texts, positions, tokenization)
     layout = Layout(resolve_layers(model, layers), embeddings)

@@ -10,8 +10,8 @@ from conftest import hf_token_ids
 from transformers import AutoModelForCausalLM
 
 import lens_pivotal as lp
-from lens_pivotal import cache as cache_module
-from lens_pivotal.store import ResidStore, StoreMismatchError, StoreWriter
+from lens_pivotal.resid import cache as cache_module
+from lens_pivotal.resid.store import ResidStore, StoreMismatchError, StoreWriter
 from lens_pivotal.testing import tiny_llama_dir, tiny_qwen_dir
 
 TEXTS = [

@@ -8,10 +8,8 @@ continues after the last shard the manifest lists: no row is lost or written twi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -21,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from lens_pivotal.paths import atomic_write_text
+from lens_pivotal._io import atomic_file, atomic_write_text
 
 FORMAT = "lens_pivotal.resid_store/1"
 MANIFEST = "manifest.json"
@@ -151,14 +149,8 @@ class StoreWriter:
         """Write one shard atomically, then record it in the manifest."""
         name = f"shard-{len(self.manifest['shards']):05d}.safetensors"
         tensors = {"resid": resid.contiguous(), "text_index": text_index, "position": position}
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=self.directory)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp)
-            os.replace(tmp, self.directory / name)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        with atomic_file(self.directory / name) as scratch:
+            save_file(tensors, scratch)
         self.manifest["shards"].append({"file": name, "texts": [texts.start, texts.stop], "rows": resid.shape[1]})
         self._save_manifest()
 

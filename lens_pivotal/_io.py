@@ -1,0 +1,95 @@
+"""Files, written so a reader never sees half of one, and JSONL read with errors that name the line.
+
+Every file lens_pivotal writes goes through :func:`atomic_file` (or :func:`atomic_dir` for a directory): a unique
+scratch name beside the target, the usual file modes, then a rename; a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a scratch path (same folder and suffix) that becomes ``path`` only if the block finishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, scratch = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(scratch)
+        _give_default_permissions(Path(scratch))
+        os.replace(scratch, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(scratch)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_file(path) as scratch:
+        scratch.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a scratch directory that becomes ``target`` only if the block finishes.
+
+    If another process finished ``target`` first, its copy is kept and ours is discarded.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield scratch
+        _give_default_permissions(scratch)
+        try:
+            os.replace(scratch, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _give_default_permissions(root: Path) -> None:
+    """The modes a plain ``open``/``mkdir`` would have given (``tempfile`` makes scratch files private to us)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+@dataclass
+class JsonLine:
+    """One non-blank line of a JSONL file: where it is (``path:number``), and its value or why it is not JSON."""
+
+    where: str
+    number: int
+    value: Any = None
+    error: json.JSONDecodeError | None = None
+
+    def describe_error(self) -> str:
+        """``"path:number: not valid JSON (reason at column c)"``."""
+        assert self.error is not None
+        return f"{self.where}: not valid JSON ({self.error.msg} at column {self.error.colno})"
+
+
+def jsonl_lines(path: str | os.PathLike) -> Iterator[JsonLine]:
+    """Every non-blank line of ``path``, parsed; a line that is not JSON carries its error instead of raising."""
+    with Path(path).open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield JsonLine(f"{path}:{number}", number, json.loads(line))
+            except json.JSONDecodeError as error:
+                yield JsonLine(f"{path}:{number}", number, error=error)
+
