@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from lens_pivotal.resid.cache import cache_resid_post
+from lens_pivotal._io import atomic_write_text
 from lens_pivotal.lens import logit_lens
+from lens_pivotal.resid.cache import cache_resid_post
+from lens_pivotal.viz.tables import format_table
 
 DEMO_PROMPTS = (
     "The capital of France is",
@@ -33,33 +35,28 @@ def logit_lens_table(
     ]
 
 
-def format_table(prompts: list[str], table: list[list[tuple[str, float]]], width: int = 18) -> str:
-    """A fixed-width text table: one row per layer, one column per prompt, the prompts listed above it."""
+def format_logit_lens_table(prompts: list[str], table: list[list[tuple[str, float]]], width: int = 18) -> str:
+    """One row per layer, one column per prompt (the prompts listed above it); long cells are cut to ``width``."""
     def cell(text: str) -> str:
-        text = text if len(text) <= width else text[: width - 1] + "…"
-        return text.ljust(width)
+        return text if len(text) <= width else text[: width - 1] + "…"
 
     legend = [f"[{number}] {prompt!r}" for number, prompt in enumerate(prompts, start=1)]
-    header = "layer  " + " ".join(cell(f"[{number}]") for number in range(1, len(prompts) + 1))
-    lines = [*legend, "", header, "-" * len(header)]
-    for layer, row in enumerate(table):
-        cells = " ".join(cell(f"{token!r} {prob:.2f}") for token, prob in row)
-        lines.append(f"{layer:>5}  {cells}")
-    return "\n".join(lines)
+    rows = [[str(layer), *(cell(f"{token!r} {prob:.2f}") for token, prob in row)] for layer, row in enumerate(table)]
+    header = ["layer", *(f"[{number}]" for number in range(1, len(prompts) + 1))]
+    return format_table(header, rows, align="r" + "l" * len(prompts), above=legend)
 
 
 def run_demo(model: TransformerBridge, out: str | os.PathLike, prompts: list[str] | None = None) -> str:
     """Print-ready logit-lens table for ``prompts``; also writes it as text and JSON under ``out``."""
     prompts = list(prompts or DEMO_PROMPTS)
     table = logit_lens_table(model, prompts)
-    text = format_table(prompts, table)
+    text = format_logit_lens_table(prompts, table)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "logit_lens.txt").write_text(text + "\n")
+    atomic_write_text(out / "logit_lens.txt", text + "\n")
     records = [
         {"layer": layer, "prompt": prompt, "top_token": token, "prob": prob}
         for layer, row in enumerate(table)
         for prompt, (token, prob) in zip(prompts, row)
     ]
-    (out / "logit_lens.json").write_text(json.dumps(records, indent=1))
+    atomic_write_text(out / "logit_lens.json", json.dumps(records, indent=1))
     return text

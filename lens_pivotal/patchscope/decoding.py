@@ -24,6 +24,7 @@ from lens_pivotal.patchscope.core import IDENTITY_PROMPT, TargetPrompt, check_la
 from lens_pivotal.patchscope.mappings import AffineMap
 from lens_pivotal.patchscope.relations import relation_prompts
 from lens_pivotal.tokens import Tokenization, token_ids
+from lens_pivotal.viz.tables import format_table
 
 BASELINES = ("logit_lens", "affine")
 AFFINE_CORPUS_SEED = 1  # relation prompts for the affine lens's fit are drawn with their own seed
@@ -63,13 +64,12 @@ class DecodingResult:
     def table(self) -> str:
         """A fixed-width table: one row per layer, P@1 and surprisal per method."""
         methods = list(self.hits)
-        header = "layer " + "".join(f"{'P@1 ' + m:>18}" for m in methods) + "".join(f"{'surp ' + m:>18}" for m in methods)
         precision, surprisal = self.precision_at_1, self.surprisal
-        lines = [header, "-" * len(header)]
-        for index, layer in enumerate(self.layers):
-            cells = [f"{precision[m][index]:>18.3f}" for m in methods] + [f"{surprisal[m][index]:>18.2f}" for m in methods]
-            lines.append(f"{layer:>5} " + "".join(cells))
-        return "\n".join(lines)
+        rows = [
+            [str(layer)] + [f"{precision[m][index]:.3f}" for m in methods] + [f"{surprisal[m][index]:.2f}" for m in methods]
+            for index, layer in enumerate(self.layers)
+        ]
+        return format_table(["layer", *(f"P@1 {m}" for m in methods), *(f"surp {m}" for m in methods)], rows)
 
     def to_dict(self) -> dict:
         """A JSON-ready dictionary of every field, with per-layer summaries."""

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from lens_pivotal.probes.layer_probes import SOLVERS, ProbeSettings
+from lens_pivotal.viz.tables import format_table
 
 DEFAULTS = ProbeSettings()
 
@@ -85,9 +86,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
     model = _load(args)
     scores = probes.score_text(model, args.text, layer=args.layer)
     print(f"P(next token is pivotal), layer {scores.layer_labels[0]} of {probes.config.model_name}")
-    for position, (token, value) in enumerate(zip(scores.tokens, scores.scores[0].tolist())):
-        flag = "  <- likely pivot next" if value >= args.threshold else ""
-        print(f"{position:>5}  {token!r:<24}{value:.3f}{flag}")
+    values = scores.scores[0].tolist()
+    rows = [[str(position), repr(token), f"{value:.3f}"] for position, (token, value) in enumerate(zip(scores.tokens, values))]
+    notes = ["<- likely pivot next" if value >= args.threshold else "" for value in values]
+    print(format_table(["position", "token", "score"], rows, align="rlr", notes=notes))
     if args.html:
         token_scores_view(scores).save(args.html)
         print(f"wrote {args.html}")

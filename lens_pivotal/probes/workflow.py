@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from lens_pivotal._io import atomic_write_text
-from lens_pivotal.viz import save_figure
+from lens_pivotal.viz import format_table, save_figure
 from lens_pivotal.probes.examples import ProbeExamples, probe_examples
 from lens_pivotal.probes.layer_probes import LayerProbes, train_probes
 from lens_pivotal.probes.plots import plot_layer_metrics, plot_projection
@@ -90,17 +90,15 @@ def format_layer_table(probes: LayerProbes) -> str:
     """A fixed-width table, one row per layer: held-out AUROC with its interval, AUPRC, balanced accuracy, F1,
     the shuffled-label control's AUROC, selectivity (AUROC minus control) and the L2 used; the best layer marked."""
     result, config, selectivity = probes.metrics, probes.config, probes.selectivity.tolist()
-    header = f"{'layer':>5}  {'AUROC [95% CI]':<21}{'AUPRC':>7}{'bal.acc':>9}{'F1':>7}{'control':>9}{'select.':>9}{'l2':>9}"
-    lines = [header, "-" * len(header)]
+    rows = []
     for index, label in enumerate(probes.layer_labels):
         value = {name: float(values[index]) for name, values in result.values.items()}
         auroc = f"{value['auroc']:.3f} [{float(result.low['auroc'][index]):.2f}, {float(result.high['auroc'][index]):.2f}]"
-        marker = "  <- best" if index == probes.best_layer else ""
-        lines.append(
-            f"{label:>5}  {auroc:<21}{value['auprc']:>7.3f}{value['balanced_accuracy']:>9.3f}{value['f1']:>7.3f}"
-            f"{config.control_auroc[index]:>9.3f}{selectivity[index]:>9.3f}{config.l2[index]:>9.0e}{marker}"
-        )
-    return "\n".join(lines)
+        numbers = (value["auprc"], value["balanced_accuracy"], value["f1"], config.control_auroc[index], selectivity[index])
+        rows.append([label, auroc, *(f"{number:.3f}" for number in numbers), f"{config.l2[index]:.0e}"])
+    header = ["layer", "AUROC [95% CI]", "AUPRC", "bal.acc", "F1", "control", "select.", "l2"]
+    notes = ["<- best" if index == probes.best_layer else "" for index in range(len(rows))]
+    return format_table(header, rows, align="rlrrrrrr", notes=notes)
 
 
 def probe_demo(model: Any, out: str | os.PathLike, *, model_source: str = "embedded") -> str:

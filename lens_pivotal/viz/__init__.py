@@ -1,7 +1,8 @@
-"""Shared presentation pieces: offline circuitsvis HTML and atomic figure saving (used by every subpackage's views
-and plots)."""
+"""Shared presentation pieces: offline circuitsvis HTML, atomic figure saving and fixed-width tables (used by every
+subpackage's views, plots and command lines)."""
 
 from lens_pivotal.viz.figures import save_figure
 from lens_pivotal.viz.html import HTMLView, offline_html
+from lens_pivotal.viz.tables import format_table
 
-__all__ = ["HTMLView", "offline_html", "save_figure"]
+__all__ = ["HTMLView", "format_table", "offline_html", "save_figure"]
