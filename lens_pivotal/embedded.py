@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lens_pivotal.model import load_model
 from lens_pivotal._io import atomic_dir
+from lens_pivotal.model import load_model
 from lens_pivotal.paths import user_cache_dir
 
 if TYPE_CHECKING:

@@ -13,6 +13,7 @@ printing wrong numbers.
 
 from __future__ import annotations
 
+import copy
 import functools
 from importlib.metadata import version
 from typing import Any, Callable
@@ -20,6 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from transformer_lens.model_bridge import TransformerBridge
+from transformers import Cache
 
 # Prefix and continuation of the check: short enough to cost milliseconds, long enough to use several positions.
 _CHECK_PREFIX, _CHECK_CONTINUATION = 5, 3
@@ -104,6 +106,14 @@ def check_kv_cache(model: TransformerBridge) -> None:
         "see the README's 'Tested versions'), or pass check_kv_cache=False to load_model to skip this check at "
         "your own risk, and report it."
     )
+
+
+def repeated_cache(cache: Cache, n_rows: int) -> Cache:
+    """A copy of a one-row KV cache (a prefix run once) with that row repeated ``n_rows`` times; the forward pass
+    that continues from it extends the copy in place, never ``cache``."""
+    repeated = copy.deepcopy(cache)
+    repeated.batch_repeat_interleave(n_rows)
+    return repeated
 
 
 def attention_modules(model: TransformerBridge) -> list[nn.Module]:

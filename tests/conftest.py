@@ -91,8 +91,9 @@ def family_dir(arch: str):
 @pytest.fixture(scope="session")
 def family_models(session_cache_dir: Path):
     """``family_models(arch) -> (bridge, plain HF model)``: the same weights loaded twice, once per session."""
-    import lens_pivotal as lp
     from transformers import AutoModelForCausalLM
+
+    import lens_pivotal as lp
 
     loaded = {}
 

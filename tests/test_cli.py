@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lens_pivotal.cli import build_parser, main
+from lens_pivotal.cli.main import build_parser, main
 from lens_pivotal.resid.store import ResidStore
 from lens_pivotal.testing import tiny_qwen_dir
 
@@ -26,7 +26,7 @@ def subcommands(parser) -> list[list[str]]:
 
 @pytest.mark.parametrize("path", [[]] + subcommands(build_parser()), ids=lambda p: " ".join(p) or "top")
 def test_help_of_every_subcommand(path):
-    result = subprocess.run([sys.executable, "-m", "lens_pivotal.cli", *path, "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "lens_pivotal", *path, "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "usage: lens-pivotal" in result.stdout
 

@@ -6,9 +6,8 @@ import json
 
 import pytest
 
-from lens_pivotal.cli import main as run
+from lens_pivotal.cli.main import main as run
 from lens_pivotal.testing import tiny_qwen_dir
-
 
 
 @pytest.mark.parametrize("command", ["decode", "attribute"])

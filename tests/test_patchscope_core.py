@@ -10,8 +10,8 @@ from conftest import FAMILIES, hf_token_ids
 import lens_pivotal as lp
 from lens_pivotal.patchscope import IDENTITY_PROMPT, Patchscope, attribute_extraction, entity_description, load_relation
 from lens_pivotal.patchscope.attributes import DEFAULT_SOURCE_TEMPLATE, ENTITY_DESCRIPTION_PROMPT
-from lens_pivotal.patchscope.relations import PLACEHOLDER
 from lens_pivotal.patchscope.core import TargetPrompt, decode_continuations, patched_generate
+from lens_pivotal.patchscope.relations import PLACEHOLDER
 from lens_pivotal.testing import reference_greedy_tokens
 
 SOURCES = ["The Eiffel Tower is in the city of", "Wolfgang Amadeus Mozart"]

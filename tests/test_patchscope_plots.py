@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from lens_pivotal.patchscope import plot_attribute_heatmap, plot_decoding
 from lens_pivotal.patchscope.attributes import AttributeResult
 from lens_pivotal.patchscope.decoding import DecodingResult
-from lens_pivotal.patchscope import plot_attribute_heatmap, plot_decoding
 from lens_pivotal.viz import save_figure
 
 

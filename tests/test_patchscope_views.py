@@ -8,8 +8,7 @@ import socket
 
 import pytest
 
-from lens_pivotal.patchscope import decode_positions
-from lens_pivotal.patchscope import token_grid_view
+from lens_pivotal.patchscope import decode_positions, token_grid_view
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lens_pivotal.cli import main as run
+from lens_pivotal.cli.main import main as run
 from lens_pivotal.pts.schema import write_rows
 from lens_pivotal.testing import tiny_qwen_dir
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from sklearn.decomposition import PCA
 
-from lens_pivotal.viz import save_figure
 from lens_pivotal.probes import train_probes
 from lens_pivotal.probes.plots import plot_layer_metrics, plot_projection, project_2d
+from lens_pivotal.viz import save_figure
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lens_pivotal.cli import main as run
+from lens_pivotal.cli.main import main as run
 from lens_pivotal.pts.output import progress_path
 from lens_pivotal.testing import tiny_qwen_dir
 

@@ -18,9 +18,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from lens_pivotal.resid.cache import cache_resid_post, resolve_layers
 from lens_pivotal.patchscope.core import TargetPrompt, decode_continuations, patched_generate
 from lens_pivotal.patchscope.relations import PLACEHOLDER, Relation, load_relation
+from lens_pivotal.resid.cache import cache_resid_post, resolve_layers
 from lens_pivotal.tokens import Tokenization, token_ids
 
 DEFAULT_SOURCE_TEMPLATE = "Tell me about {}"

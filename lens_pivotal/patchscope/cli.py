@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 from lens_pivotal._io import atomic_write_text
+from lens_pivotal.cli.arguments import EMBEDDED, add_model_arguments, load_model_from_args, parse_ints
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``patchscope`` command, with its ``decode`` and ``attribute`` subcommands."""
-    from lens_pivotal.cli import EMBEDDED, _add_model_arguments
 
     patchscope = subparsers.add_parser(
         "patchscope", help="PatchScope: decode hidden states through patched prompts (next-token decoding, attributes)"
@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Patch each prompt's last-token state at every layer into the identity prompt and compare the "
         "decoded top-1 with the model's own prediction. Writes decoding.json and decoding.png under --out.",
     )
-    _add_model_arguments(decode, EMBEDDED)
+    add_model_arguments(decode, EMBEDDED)
     decode.add_argument("--prompts", default=None, help="a text file, one prompt per line (default: built-in relation prompts)")
     decode.add_argument("--n-prompts", type=int, default=60, help="how many built-in prompts without --prompts (default: 60)")
     decode.add_argument("--layers", default=None, help="comma-separated source blocks (default: all)")
@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Patch each subject's state into the relation's placeholder prompt, generate greedily and check "
         "whether the object appears (spaces and case ignored). Writes attribute_<relation>.json/.png under --out.",
     )
-    _add_model_arguments(attribute, EMBEDDED)
+    add_model_arguments(attribute, EMBEDDED)
     attribute.add_argument("--relation", required=False, default="country_capital_city", help="relation name (see --list)")
     attribute.add_argument("--list", action="store_true", help="list the shipped relations and exit")
     attribute.add_argument("--source-layers", default=None, help="comma-separated source blocks ℓ (default: all)")
@@ -52,7 +52,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    from lens_pivotal.cli import _load, _parse_ints
     from lens_pivotal.patchscope.decoding import next_token_decoding
     from lens_pivotal.patchscope.demo import save_decoding
     from lens_pivotal.patchscope.relations import relation_prompts
@@ -64,9 +63,9 @@ def _cmd_decode(args: argparse.Namespace) -> int:
         prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
         prompts = relation_prompts(args.n_prompts)
-    layers = _parse_ints(args.layers, "--layers") if args.layers else None
+    layers = parse_ints(args.layers, "--layers") if args.layers else None
     baselines = tuple(name for name in args.baselines.split(",") if name.strip())
-    model = _load(args)
+    model = load_model_from_args(args)
     result = next_token_decoding(model, prompts, layers=layers, baselines=baselines, batch_size=args.batch_size)
     json_path, png_path = save_decoding(result, args.out)
     print(result.table())
@@ -75,21 +74,20 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
 
 def _cmd_attribute(args: argparse.Namespace) -> int:
-    from lens_pivotal.cli import _load, _parse_ints
     from lens_pivotal.patchscope.attributes import attribute_extraction
-    from lens_pivotal.patchscope.relations import list_relations, load_relation
     from lens_pivotal.patchscope.plots import plot_attribute_heatmap
+    from lens_pivotal.patchscope.relations import list_relations, load_relation
     from lens_pivotal.viz import save_figure
 
     if args.list:
         print("\n".join(list_relations()))
         return 0
     relation = load_relation(args.relation)
-    model = _load(args)
+    model = load_model_from_args(args)
     result = attribute_extraction(
         model, relation,
-        source_layers=_parse_ints(args.source_layers, "--source-layers") if args.source_layers else None,
-        target_layers=_parse_ints(args.target_layers, "--target-layers") if args.target_layers else None,
+        source_layers=parse_ints(args.source_layers, "--source-layers") if args.source_layers else None,
+        target_layers=parse_ints(args.target_layers, "--target-layers") if args.target_layers else None,
         max_samples=args.max_samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
     )
     out = Path(args.out)

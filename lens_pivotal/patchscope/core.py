@@ -8,7 +8,6 @@ the tokens from the patched position on are run for each row.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -17,9 +16,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from lens_pivotal.resid.cache import cache_resid_post
+from lens_pivotal.indices import resolve_index
+from lens_pivotal.kv_cache import repeated_cache
 from lens_pivotal.model import resid_post_hook
 from lens_pivotal.patchscope.hooks import Mapping, layered_patch_hooks, patch_hook
+from lens_pivotal.resid.cache import cache_resid_post
 from lens_pivotal.tokens import Tokenization, token_ids
 
 IDENTITY_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"
@@ -28,16 +29,12 @@ IDENTITY_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"
 def check_layer(model: TransformerBridge, layer: int, what: str) -> int:
     """``layer`` as a non-negative block index (negatives count from the end), or a clear IndexError."""
     n_layers = model.cfg.n_layers
-    if isinstance(layer, bool) or not isinstance(layer, int) or not -n_layers <= layer < n_layers:
-        raise IndexError(f"{what}={layer!r} is out of range: the model has {n_layers} blocks (0..{n_layers - 1})")
-    return layer % n_layers
+    return resolve_index(layer, n_layers, f"{what}={layer!r}", f": the model has {n_layers} blocks (0..{n_layers - 1})")
 
 
 def check_position(position: int, length: int, what: str) -> int:
     """``position`` as a non-negative index into ``length`` tokens, or a clear IndexError."""
-    if isinstance(position, bool) or not isinstance(position, int) or not -length <= position < length:
-        raise IndexError(f"{what}={position!r} is out of range for a prompt of {length} tokens")
-    return position % length
+    return resolve_index(position, length, f"{what}={position!r}", f" for a prompt of {length} tokens")
 
 
 @dataclass
@@ -71,9 +68,7 @@ class TargetPrompt:
         """A fresh copy of the prefix cache expanded to ``n_rows`` (the forward pass extends it in place)."""
         if self.prefix_cache is None:
             return None
-        cache = copy.deepcopy(self.prefix_cache)
-        cache.batch_repeat_interleave(n_rows)
-        return cache
+        return repeated_cache(self.prefix_cache, n_rows)
 
 
 def patched_logits(

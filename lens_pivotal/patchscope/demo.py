@@ -10,8 +10,8 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from lens_pivotal._io import atomic_write_text
 from lens_pivotal.patchscope.decoding import DecodingResult, next_token_decoding
-from lens_pivotal.patchscope.relations import relation_prompts
 from lens_pivotal.patchscope.plots import plot_decoding
+from lens_pivotal.patchscope.relations import relation_prompts
 from lens_pivotal.viz import save_figure
 
 

@@ -18,8 +18,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from lens_pivotal.resid.cache import cache_resid_post
 from lens_pivotal._io import atomic_dir
+from lens_pivotal.resid.cache import cache_resid_post
 from lens_pivotal.tokens import Tokenization, token_ids
 
 

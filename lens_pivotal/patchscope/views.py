@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import html
 
-import torch
 import circuitsvis.tokens
+import torch
 
 from lens_pivotal.patchscope.decoding import TokenGrid
 from lens_pivotal.viz.html import HTMLView, offline_html

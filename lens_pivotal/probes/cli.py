@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lens_pivotal.cli.arguments import EMBEDDED, add_model_arguments, load_model_from_args, parse_ints
 from lens_pivotal.probes.layer_probes import SOLVERS, ProbeSettings
 from lens_pivotal.viz.tables import format_table
 
@@ -13,7 +14,6 @@ DEFAULTS = ProbeSettings()
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``probe`` command, with its ``train`` and ``score`` subcommands."""
-    from lens_pivotal.cli import EMBEDDED, _add_model_arguments
 
     probe = subparsers.add_parser("probe", help="pivotal-token probes: train per-layer probes on PTS data, score new text")
     commands = probe.add_subparsers(dest="probe_command", required=True)
@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "other answer positions. Writes OUT/probes/ (safetensors + config.json), metrics.json, layer_metrics.png, "
         "projection_best_layer.png and HTML views of a held-out text, and prints the layer table.",
     )
-    _add_model_arguments(train, EMBEDDED)
+    add_model_arguments(train, EMBEDDED)
     train.add_argument("--data", required=True, help="PTS rows: a .jsonl/.parquet file or a hub id (online)")
     train.add_argument("--out", default="probes_out", help="output folder (default: probes_out)")
     train.add_argument("--layers", default=None, help="comma-separated blocks (default: all)")
@@ -55,13 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from lens_pivotal.cli import _load, _parse_ints
     from lens_pivotal.probes.workflow import format_layer_table, train_on_pts
     from lens_pivotal.pts.schema import load_pts
 
-    layers = _parse_ints(args.layers, "--layers") if args.layers else None
+    layers = parse_ints(args.layers, "--layers") if args.layers else None
     rows = load_pts(args.data)
-    model = _load(args)
+    model = load_model_from_args(args)
     probes, examples = train_on_pts(
         model, rows, args.out, model_source=args.model, negatives_per_positive=args.negatives_per_positive,
         layers=layers, embeddings=args.embeddings, batch_size=args.batch_size, solver=args.solver, l2=args.l2,
@@ -77,13 +76,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from lens_pivotal.cli import _load
     from lens_pivotal.probes.layer_probes import LayerProbes
     from lens_pivotal.probes.views import token_scores_view
 
     probes = LayerProbes.load(args.probes)
     args.model = args.model or probes.config.model_source or probes.config.model_name
-    model = _load(args)
+    model = load_model_from_args(args)
     scores = probes.score_text(model, args.text, layer=args.layer)
     print(f"P(next token is pivotal), layer {scores.layer_labels[0]} of {probes.config.model_name}")
     values = scores.scores[0].tolist()

@@ -22,12 +22,12 @@ from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from lens_pivotal.resid.cache import Layout, resolve_layers
-from lens_pivotal.model import EMBEDDING_HOOK
 from lens_pivotal._io import atomic_dir
+from lens_pivotal.model import EMBEDDING_HOOK
 from lens_pivotal.probes.examples import group_folds, group_split
 from lens_pivotal.probes.metrics import LayerMetrics, auroc, heldout_metrics
 from lens_pivotal.probes.training import Heads, balanced_weights, fit_adam, fit_lbfgs, head_losses
+from lens_pivotal.resid.cache import Layout, resolve_layers
 
 FORMAT = "lens_pivotal.layer_probes/1"
 CONFIG_FILE = "config.json"

@@ -14,11 +14,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lens_pivotal.resid.cache import Layout, cache_resid_post
+from lens_pivotal.indices import resolve_index
 from lens_pivotal.model import EMBEDDING_HOOK
-from lens_pivotal.tokens import token_ids
-
 from lens_pivotal.probes.layer_probes import block_of
+from lens_pivotal.resid.cache import Layout, cache_resid_post
+from lens_pivotal.tokens import token_ids
 
 if TYPE_CHECKING:
     from lens_pivotal.probes.layer_probes import LayerProbes
@@ -193,7 +193,5 @@ def _resolve_choice(probes: LayerProbes, layer: LayerChoice) -> list[int]:
     if isinstance(layer, str):
         raise ValueError(f"layer must be an index, a list of indices, 'all' or None, got {layer!r}")
     chosen = [layer] if isinstance(layer, int) else list(layer)
-    for index in chosen:
-        if not isinstance(index, int) or not -probes.n_layers <= index < probes.n_layers:
-            raise IndexError(f"layer {index!r} is out of range: these probes cover {probes.n_layers} layers")
-    return [index % probes.n_layers for index in chosen]
+    bound = f": these probes cover {probes.n_layers} layers"
+    return [resolve_index(index, probes.n_layers, f"layer {index!r}", bound) for index in chosen]

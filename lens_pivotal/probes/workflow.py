@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from lens_pivotal._io import atomic_write_text
-from lens_pivotal.viz import format_table, save_figure
 from lens_pivotal.probes.examples import ProbeExamples, probe_examples
 from lens_pivotal.probes.layer_probes import LayerProbes, train_probes
 from lens_pivotal.probes.plots import plot_layer_metrics, plot_projection
 from lens_pivotal.probes.views import token_scores_view
 from lens_pivotal.pts.schema import PivotalToken
+from lens_pivotal.viz import format_table, save_figure
 
 
 def train_on_pts(

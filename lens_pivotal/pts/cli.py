@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from lens_pivotal.cli.arguments import EMBEDDED, add_model_arguments, load_model_from_args
 from lens_pivotal.pts.prompts import PROMPT_PRESETS
 from lens_pivotal.pts.search import SearchConfig
 
@@ -28,7 +29,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_search(commands: argparse._SubParsersAction) -> None:
-    from lens_pivotal.cli import EMBEDDED, _add_model_arguments
 
     search = commands.add_parser(
         "search", help="run Pivotal Token Search on a model and write PTS v1 JSONL rows (resumable)",
@@ -36,7 +36,7 @@ def _add_search(commands: argparse._SubParsersAction) -> None:
         "[--min-prob, --max-prob], and bisect sampled solutions for single tokens that move it by at least "
         "--prob-threshold. Rerunning with the same --out and settings resumes where it stopped.",
     )
-    _add_model_arguments(search, EMBEDDED)
+    add_model_arguments(search, EMBEDDED)
     search.add_argument("--out", required=True, help="output JSONL (NAME.progress.jsonl is kept next to it)")
     search.add_argument("--problems", default="arithmetic", help=f"{PROBLEM_SOURCES} (default: arithmetic)")
     group = search.add_argument_group("built-in arithmetic problems")
@@ -109,7 +109,6 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     import torch
 
-    from lens_pivotal.cli import _load
     from lens_pivotal.pts.search import search_pivotal_tokens
 
     if args.threads:
@@ -118,7 +117,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     prompt = PROMPT_PRESETS[args.prompt]
     if args.no_chat_template:
         prompt = dataclasses.replace(prompt, chat_template=False)
-    model = _load(args)
+    model = load_model_from_args(args)
     rows = search_pivotal_tokens(
         model, problems, num_samples=args.num_samples, prob_threshold=args.prob_threshold, min_prob=args.min_prob,
         max_prob=args.max_prob, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,

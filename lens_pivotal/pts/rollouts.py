@@ -13,6 +13,8 @@ from typing import Any, Protocol, Sequence
 import torch
 from torch import Tensor
 
+from lens_pivotal.kv_cache import repeated_cache
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -86,8 +88,7 @@ class HFRollouts:
         stop_ids = self.stop_ids.to(self.device)
         prompt = torch.tensor([list(context)], device=self.device)
         output = self.hf_model(prompt, use_cache=True, logits_to_keep=1)
-        cache = output.past_key_values
-        cache.batch_repeat_interleave(num_samples)
+        cache = repeated_cache(output.past_key_values, num_samples)
         logits = output.logits[:, -1].expand(num_samples, -1)
         alive = torch.arange(num_samples, device=self.device)
         steps: list[tuple[Tensor, Tensor]] = []

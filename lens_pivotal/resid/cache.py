@@ -10,7 +10,6 @@ HF's state ``k``: the 29-state layout the Algoverse probing project used for Qwe
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import os
@@ -21,11 +20,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformers import DynamicCache
 from transformer_lens.model_bridge import TransformerBridge
+from transformers import DynamicCache
 
-from lens_pivotal.resid.fastpath import hf_fast_path
+from lens_pivotal.indices import resolve_index
+from lens_pivotal.kv_cache import repeated_cache
 from lens_pivotal.model import EMBEDDING_HOOK, resid_post_hook
+from lens_pivotal.resid.fastpath import hf_fast_path
 from lens_pivotal.resid.store import ResidStore, StoreWriter
 from lens_pivotal.tokens import Tokenization, token_ids
 
@@ -175,9 +176,7 @@ def _resolve_positions(spec: PositionInput, length: int, index: int) -> list[int
     for position in wanted:
         if not isinstance(position, int) or isinstance(position, bool):
             raise TypeError(f"positions[{index}] holds {position!r}, which is not an int")
-        if not -length <= position < length:
-            raise IndexError(f"position {position} is out of range for text {index}, which has {length} tokens")
-        resolved.append(position % length)
+        resolved.append(resolve_index(position, length, f"position {position}", f" for text {index}, which has {length} tokens"))
     return resolved
 
 
@@ -188,11 +187,7 @@ def resolve_layers(model: TransformerBridge, layers: Sequence[int] | None) -> li
         return list(range(n_layers))
     if isinstance(layers, int) or len(layers) == 0:
         raise ValueError(f"layers must be a non-empty list of block indices, got {layers!r}")
-    resolved = []
-    for layer in layers:
-        if not isinstance(layer, int) or not -n_layers <= layer < n_layers:
-            raise IndexError(f"layer {layer!r} is out of range: the model has {n_layers} blocks")
-        resolved.append(layer % n_layers)
+    resolved = [resolve_index(layer, n_layers, f"layer {layer!r}", f": the model has {n_layers} blocks") for layer in layers]
     if len(set(resolved)) != len(resolved):
         raise ValueError(f"layers has repeats: {list(layers)}")
     return resolved
@@ -284,8 +279,7 @@ class _BatchRunner:
         ids, mask, row_index, position_index = self._pad(rows, batch, start)
         if prefix is None:
             return self._forward(ids, mask, row_index, position_index)
-        kv_cache = copy.deepcopy(prefix.kv_cache)
-        kv_cache.batch_repeat_interleave(len(batch))
+        kv_cache = repeated_cache(prefix.kv_cache, len(batch))
         mask = torch.cat([torch.ones(len(batch), start, dtype=mask.dtype, device=mask.device), mask], dim=1)
         suffix_states = self._forward(ids, mask, row_index, position_index, kv_cache)
         states = torch.cat([prefix.states, suffix_states], dim=1)

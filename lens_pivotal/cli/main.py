@@ -1,4 +1,5 @@
-"""The ``lens-pivotal`` command line."""
+"""The ``lens-pivotal`` command line: the main parser, ``demo`` and ``cache``; each subpackage registers its own
+commands (``patchscope``, ``pts``, ``probe``)."""
 
 from __future__ import annotations
 
@@ -8,32 +9,10 @@ from pathlib import Path
 from typing import Sequence
 
 from lens_pivotal._io import jsonl_lines
-
-EMBEDDED = "embedded"
-
-
-def _add_model_arguments(parser: argparse.ArgumentParser, default: str) -> None:
-    parser.add_argument(
-        "--model", default=default, help=f"hub id, local directory, or '{EMBEDDED}' for the offline SmolLM2 (default: {default})"
-    )
-    parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
-
-
-def _load(args: argparse.Namespace):
-    from lens_pivotal.embedded import embedded_model
-    from lens_pivotal.model import load_model
-
-    if args.model == EMBEDDED:
-        return embedded_model(device=args.device, dtype=args.dtype)
-    return load_model(args.model, device=args.device, dtype=args.dtype)
-
-
-def _parse_ints(text: str, what: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise SystemExit(f"error: {what} must be comma-separated integers, got {text!r}") from None
+from lens_pivotal.cli.arguments import EMBEDDED, add_model_arguments, load_model_from_args, parse_ints
+from lens_pivotal.patchscope.cli import register as register_patchscope
+from lens_pivotal.probes.cli import register as register_probes
+from lens_pivotal.pts.cli import register as register_pts
 
 
 def _read_inputs(path: Path, text_field: str, positions_field: str, default_positions: list[int]):
@@ -56,11 +35,10 @@ def _read_inputs(path: Path, text_field: str, positions_field: str, default_posi
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from lens_pivotal.demo import run_demo
-
     from lens_pivotal.patchscope.demo import decoding_demo
     from lens_pivotal.probes.workflow import probe_demo
 
-    model = _load(args)
+    model = load_model_from_args(args)
     print(f"Logit lens of {model.cfg.model_name} ({model.cfg.n_layers} blocks): top next token at the last position")
     print(run_demo(model, args.out))
     print(f"\nwrote {args.out}/logit_lens.txt and logit_lens.json\n")
@@ -73,12 +51,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from lens_pivotal.resid.cache import cache_resid_post
     from lens_pivotal.model import resolve_dtype
+    from lens_pivotal.resid.cache import cache_resid_post
 
-    texts, positions = _read_inputs(Path(args.input), args.text_field, args.positions_field, _parse_ints(args.positions, "--positions"))
-    model = _load(args)
-    layers = _parse_ints(args.layers, "--layers") if args.layers else None
+    texts, positions = _read_inputs(Path(args.input), args.text_field, args.positions_field, parse_ints(args.positions, "--positions"))
+    model = load_model_from_args(args)
+    layers = parse_ints(args.layers, "--layers") if args.layers else None
     store = cache_resid_post(
         model, texts, positions, layers=layers, embeddings=args.embeddings, batch_size=args.batch_size,
         dtype=resolve_dtype(args.store_dtype), out=args.out,
@@ -93,12 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="logit-lens table of a few prompts on the embedded model (offline)")
-    _add_model_arguments(demo, EMBEDDED)
+    add_model_arguments(demo, EMBEDDED)
     demo.add_argument("--out", default="demo_out", help="folder for the files it writes (default: demo_out)")
     demo.set_defaults(func=_cmd_demo)
 
     cache = commands.add_parser("cache", help="cache resid_post of texts at chosen positions into an on-disk store")
-    _add_model_arguments(cache, EMBEDDED)
+    add_model_arguments(cache, EMBEDDED)
     cache.add_argument("input", help="a .txt file (one text per line) or .jsonl file (one object per line)")
     cache.add_argument("--out", required=True, help="store directory; rerunning resumes an interrupted store")
     cache.add_argument("--positions", default="-1", help="positions for texts without their own (default: -1)")
@@ -109,10 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--batch-size", type=int, default=16, help="texts per forward pass (default: 16)")
     cache.add_argument("--store-dtype", default="float32", help="dtype of stored activations (default: float32)")
     cache.set_defaults(func=_cmd_cache)
-
-    from lens_pivotal.patchscope.cli import register as register_patchscope
-    from lens_pivotal.probes.cli import register as register_probes
-    from lens_pivotal.pts.cli import register as register_pts
 
     register_patchscope(commands)
     register_pts(commands)
