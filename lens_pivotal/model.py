@@ -8,6 +8,7 @@ hook names are the usual ones (``blocks.{l}.hook_resid_post``, ...).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,12 @@ def resid_post_hook(layer: int) -> str:
 
 
 EMBEDDING_HOOK = "blocks.0.hook_resid_pre"
+
+
+def block_of(hook_name: str) -> int | None:
+    """The block whose output ``hook_name`` is (``blocks.{l}.hook_resid_post``), ``None`` for any other hook."""
+    match = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook_name)
+    return int(match.group(1)) if match else None
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:

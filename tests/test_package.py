@@ -46,3 +46,43 @@ def test_no_public_text_names_a_recipe_after_a_seed_project():
     texts = [*(ROOT / "lens_pivotal").rglob("*.py"), *(ROOT / "tutorials").glob("*.ipynb"), ROOT / "README.md"]
     found = [str(path.relative_to(ROOT)) for path in texts if re.search(r"\bseed[ _]?[ab]\b", path.read_text(), re.I)]
     assert found == []
+
+
+def module_imports(path: Path) -> set[str]:
+    """Modules of lens_pivotal that ``path`` imports when it runs (``if TYPE_CHECKING:`` blocks left out)."""
+    tree = ast.parse(path.read_text())
+    guarded = {
+        id(node) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for statement in block.body for node in ast.walk(statement)
+    }  # fmt: skip
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in guarded:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lens_pivotal"):
+            found |= {f"{node.module}.{alias.name}" for alias in node.names} | {node.module}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("lens_pivotal")}
+    return found
+
+
+def test_no_import_cycles_between_modules():
+    files = {
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in (ROOT / "lens_pivotal").rglob("*.py")
+    }
+    graph = {name: {target for target in module_imports(path) if target in files and target != name} for name, path in files.items()}
+    state: dict[str, str] = {}
+
+    def visit(name: str, trail: list[str]) -> list[str] | None:
+        state[name] = "open"
+        for target in sorted(graph[name]):
+            if state.get(target) == "open":
+                return [*trail, name, target]
+            if target not in state and (cycle := visit(target, [*trail, name])):
+                return cycle
+        state[name] = "done"
+        return None
+
+    cycles = [cycle for name in sorted(files) if name not in state and (cycle := visit(name, []))]
+    assert cycles == []

@@ -193,3 +193,16 @@ def test_fit_input_errors_name_the_argument():
     two_groups = ["a"] * 20 + ["b"] * 20  # one held out, one left to train: nothing to cross-validate
     with pytest.raises(ValueError, match="needs at least 2 training groups; pass l2="):
         train_probes(acts, labels, groups=two_groups, n_bootstrap=0)
+
+
+def test_len_getitem_and_to_give_one_layers_probe(fitted):
+    probes, (acts, labels, _) = fitted
+    assert len(probes) == probes.n_layers == 5
+    last = probes[-1]
+    assert len(last) == 1 and last.config.hook_names == probes.config.hook_names[-1:]
+    assert last.config.l2 == probes.config.l2[-1:] and last.config.control_auroc == probes.config.control_auroc[-1:]
+    assert last.metrics.values["auroc"].tolist() == probes.metrics.values["auroc"][-1:].tolist()
+    torch.testing.assert_close(last.predict_proba(acts[-1:]), probes.predict_proba(acts)[-1:])
+    with pytest.raises(IndexError, match="layer 5 is out of range: these probes cover 5 layers"):
+        probes[5]
+    assert probes.to("cpu") is probes and probes.weight.device.type == "cpu"

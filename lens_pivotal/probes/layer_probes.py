@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -23,9 +22,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from lens_pivotal._io import atomic_dir
-from lens_pivotal.model import EMBEDDING_HOOK
+from lens_pivotal.indices import resolve_index
+from lens_pivotal.model import EMBEDDING_HOOK, block_of
 from lens_pivotal.probes.examples import group_folds, group_split
 from lens_pivotal.probes.metrics import LayerMetrics, auroc, heldout_metrics
+from lens_pivotal.probes.scoring import LayerChoice, ProbeRecorder, TokenScores, recording, score_text
 from lens_pivotal.probes.training import Heads, balanced_weights, fit_adam, fit_lbfgs, head_losses
 from lens_pivotal.resid.cache import Layout, resolve_layers
 
@@ -110,6 +111,20 @@ class ProbeConfig:
     model_source: str = ""
     format: str = FORMAT
 
+    def for_layer(self, index: int) -> ProbeConfig:
+        """This config cut down to probed layer ``index`` (its hook, L2, CV losses, control and metrics)."""
+
+        def pick(values: list | None) -> list | None:
+            return None if values is None else [values[index]]
+
+        metrics = None
+        if self.metrics is not None:
+            metrics = {name: {part: pick(parts[part]) for part in parts} for name, parts in self.metrics.items()}
+        return replace(
+            self, hook_names=[self.hook_names[index]], l2=pick(self.l2), cv_loss=pick(self.cv_loss),
+            control_auroc=pick(self.control_auroc), metrics=metrics, best_layer=None if self.best_layer is None else 0,
+        )  # fmt: skip
+
     def to_json(self) -> str:
         """The config as JSON (settings nested)."""
         return json.dumps(asdict(self), indent=1)
@@ -132,12 +147,6 @@ def _known_fields(kind: type, data: dict[str, Any], where: str) -> dict[str, Any
     if unknown:
         warnings.warn(f"{where}: ignoring keys this version does not know: {', '.join(unknown)}", stacklevel=3)
     return {key: value for key, value in data.items() if key in known}
-
-
-def block_of(hook_name: str) -> int | None:
-    """The block whose output ``hook_name`` is (``blocks.{l}.hook_resid_post``), ``None`` for any other hook."""
-    match = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook_name)
-    return int(match.group(1)) if match else None
 
 
 def layer_label(hook_name: str) -> str:
@@ -311,25 +320,40 @@ class LayerProbes:
                 f"layers); {model.cfg.model_name!r} has d_model {theirs[0]} and {theirs[1]} layers"
             )
 
-    def score_text(self, model: Any, text: str | Sequence[int], layer: int | str | None = None) -> Any:
+    def score_text(self, model: Any, text: str | Sequence[int] | Tensor, layer: LayerChoice = None) -> TokenScores:
         """Per-token probability that the NEXT token is pivotal; see :func:`lens_pivotal.probes.scoring.score_text`."""
-        from lens_pivotal.probes.scoring import score_text
-
         return score_text(self, model, text, layer)
 
-    def hook(self, layer: int | None = None) -> Any:
+    def hook(self, layer: int | None = None) -> ProbeRecorder:
         """A TransformerLens hook recording scores during any forward pass or ``generate``; see
         :class:`lens_pivotal.probes.scoring.ProbeRecorder`."""
-        from lens_pivotal.probes.scoring import ProbeRecorder
-
         return ProbeRecorder(self, self.best_layer if layer is None else layer)
 
-    def recording(self, model: Any, layer: int | None = None, on_score: Callable[[Tensor], object] | None = None) -> Any:
+    def recording(
+        self, model: Any, layer: int | None = None, on_score: Callable[[Tensor], object] | None = None
+    ) -> ContextManager[ProbeRecorder]:
         """Context manager attaching :meth:`hook` to ``model`` and yielding the recorder; always detached after.
         ``on_score`` is called with the last position's scores after each forward pass."""
-        from lens_pivotal.probes.scoring import recording
-
         return recording(self, model, layer, on_score)
+
+    def __len__(self) -> int:
+        return self.n_layers
+
+    def __getitem__(self, layer: int) -> LayerProbes:
+        """The probe of one layer (an index into the probed layers, negatives from the end) as a one-layer
+        ``LayerProbes``, with that layer's part of the saved results."""
+        index = resolve_index(layer, self.n_layers, f"layer {layer!r}", f": these probes cover {self.n_layers} layers")
+        single = LayerProbes(self.config.for_layer(index))
+        for name in ("weight", "bias", "mean", "scale"):
+            setattr(single, name, getattr(self, name)[index : index + 1].clone())
+        single.fitted = self.fitted
+        return single
+
+    def to(self, device: str | torch.device) -> LayerProbes:
+        """Move the weights and normalisation to ``device`` (in place; returns ``self``, like ``nn.Module.to``)."""
+        for name in ("weight", "bias", "mean", "scale"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
 
     def __repr__(self) -> str:
         config = self.config

@@ -15,10 +15,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from lens_pivotal.indices import resolve_index
-from lens_pivotal.model import EMBEDDING_HOOK
-from lens_pivotal.probes.layer_probes import block_of
+from lens_pivotal.model import EMBEDDING_HOOK, block_of
+from lens_pivotal.probes.views import token_scores_view
 from lens_pivotal.resid.cache import Layout, cache_resid_post
 from lens_pivotal.tokens import token_ids
+from lens_pivotal.viz.html import HTMLView
 
 if TYPE_CHECKING:
     from lens_pivotal.probes.layer_probes import LayerProbes
@@ -41,10 +42,8 @@ class TokenScores:
         values, positions = self.scores[layer].topk(min(k, self.scores.shape[1]))
         return [(int(p), self.tokens[int(p)], float(v)) for v, p in zip(values, positions)]
 
-    def view(self) -> Any:
+    def view(self) -> HTMLView:
         """A circuitsvis view: one layer as coloured tokens, several as a layer selector (see ``probes.views``)."""
-        from lens_pivotal.probes.views import token_scores_view
-
         return token_scores_view(self)
 
 
@@ -86,10 +85,8 @@ class ProbeRecorder:
     """
 
     def __init__(self, probes: LayerProbes, layer: int, on_score: Callable[[Tensor], object] | None = None) -> None:
-        if not 0 <= layer < probes.n_layers:
-            raise IndexError(f"layer {layer} is out of range: these probes cover {probes.n_layers} layers")
         self.probes = probes
-        self.layer = layer
+        self.layer = resolve_index(layer, probes.n_layers, f"layer {layer!r}", f": these probes cover {probes.n_layers} layers")
         self.hook_name: str = probes.config.hook_names[layer]
         self.layer_label = probes.layer_labels[layer]
         self.on_score = on_score
