@@ -4,23 +4,36 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
 
 from lens_pivotal.paths import CACHE_ENV_VAR
 
+_OWN_CACHE = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``$LENS_PIVOTAL_CACHE`` for the whole run, set before any test module is imported (so nothing a module builds
+    at import time lands in the user's real cache; notebook kernels inherit it); a preset value is kept."""
+    if CACHE_ENV_VAR not in os.environ:
+        config.stash[_OWN_CACHE] = tempfile.mkdtemp(prefix="lens_pivotal_cache_")
+        os.environ[CACHE_ENV_VAR] = config.stash[_OWN_CACHE]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _OWN_CACHE in config.stash:
+        del os.environ[CACHE_ENV_VAR]
+        shutil.rmtree(config.stash[_OWN_CACHE], ignore_errors=True)
+
 
 @pytest.fixture(scope="session", autouse=True)
-def session_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """``$LENS_PIVOTAL_CACHE`` for the whole session (notebook kernels inherit it); a preset value is kept."""
-    preset = os.environ.get(CACHE_ENV_VAR)
-    os.environ[CACHE_ENV_VAR] = preset or str(tmp_path_factory.mktemp("lens_pivotal_cache"))
-    yield Path(os.environ[CACHE_ENV_VAR])
-    if preset is None:
-        del os.environ[CACHE_ENV_VAR]
+def session_cache_dir() -> Path:
+    """The run's model cache (``$LENS_PIVOTAL_CACHE``)."""
+    return Path(os.environ[CACHE_ENV_VAR])
 
 
 @pytest.fixture(scope="session")

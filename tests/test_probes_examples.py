@@ -105,19 +105,20 @@ def test_group_split_keeps_groups_whole():
 
 
 @pytest.mark.parametrize(
-    "call, message",
+    "call, error, message",
     [
-        (lambda tok, rows: probe_examples(tok, []), "rows is empty"),
-        (lambda tok, rows: probe_examples(tok, rows, negatives_per_positive=-1), "negatives_per_positive"),
-        (lambda tok, rows: probe_examples(tok, [rows[0], {"query": "x"}]), r"rows\[1\] is a dict"),
-        (lambda tok, rows: probe_examples(tok, "missing.jsonl"), "does not exist"),
-        (lambda tok, rows: group_split(["a", "a"]), "at least 2 groups"),
-        (lambda tok, rows: group_split(["a", "b"], test_fraction=1.0), "test_fraction"),
+        (lambda tok, rows: probe_examples(tok, []), ValueError, "rows is empty"),
+        (lambda tok, rows: probe_examples(tok, rows, negatives_per_positive=-1), ValueError, "negatives_per_positive"),
+        (lambda tok, rows: probe_examples(tok, [rows[0], {"query": "x"}]), TypeError, r"rows\[1\] is a dict"),
+        (lambda tok, rows: probe_examples(tok, "missing.jsonl"), FileNotFoundError, "does not exist"),
+        (lambda tok, rows: group_split(["a", "a"]), ValueError, "at least 2 groups"),
+        (lambda tok, rows: group_split(["a", "b"], test_fraction=1.0), ValueError, "test_fraction"),
     ],
 )
-def test_bad_input_errors(qwen3_tok, synthetic_rows, call, message):
-    with pytest.raises((ValueError, TypeError, FileNotFoundError), match=message):
+def test_bad_input_errors(qwen3_tok, synthetic_rows, call, error, message):
+    with pytest.raises(error, match=message) as raised:
         call(qwen3_tok, synthetic_rows)
+    assert type(raised.value) is error
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
 
 from lens_pivotal.probes import train_probes
 from lens_pivotal.probes.plots import plot_layer_metrics, plot_projection, project_2d
@@ -43,6 +44,8 @@ def test_projection_panels_and_tsne():
     assert len(plot_projection(acts, labels).axes) == 1
     figure = plot_projection(acts, labels, torch.rand(40), method="tsne")
     assert len(figure.axes) == 3  # label panel, score panel, colour bar
+    expected = TSNE(2, perplexity=13.0, random_state=0, init="pca").fit_transform(acts.double().numpy())
+    assert np.allclose(project_2d(acts, method="tsne").numpy(), expected, atol=1e-4)
     with pytest.raises(ValueError, match="'pca' or 'tsne'"):
         project_2d(acts, method="umap")
     with pytest.raises(ValueError, match=r"\[n_rows >= 3, d_model\]"):
