@@ -10,9 +10,18 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 
 import lens_pivotal.probes.layer_probes as layer_probes_module
-from lens_pivotal.probes import ADAM_PROBE_SETTINGS, LayerProbes, ProbeSettings, group_split, train_probes
+from lens_pivotal.probes import (
+    ADAM_PROBE_SETTINGS,
+    LayerProbes,
+    ProbeConfig,
+    ProbeSettings,
+    evaluate_probes,
+    group_split,
+    train_probes,
+)
 
 PLANTED = 3
 
@@ -206,3 +215,20 @@ def test_len_getitem_and_to_give_one_layers_probe(fitted):
     with pytest.raises(IndexError, match="layer 5 is out of range: these probes cover 5 layers"):
         probes[5]
     assert probes.to("cpu") is probes and probes.weight.device.type == "cpu"
+
+
+def test_fit_trains_on_every_row_and_evaluate_probes_scores_like_sklearn(fitted):
+    _, (acts, labels, groups) = fitted
+    settings = ProbeSettings(l2=1.0, standardize=False, class_weight=None, n_bootstrap=0)
+    probes = LayerProbes(ProbeConfig("unknown", 48, 5, [f"blocks.{i}.hook_resid_post" for i in range(5)], settings))
+    probes.fit(acts, labels, groups)
+    assert probes.config.n_train == len(labels)
+    with pytest.raises(RuntimeError, match="no held-out evaluation"):
+        probes.best_layer
+    reference = LogisticRegression(C=1 / (1.0 * len(labels)), tol=1e-10, max_iter=10_000)
+    x = acts[PLANTED].numpy()
+    reference.fit(x, labels.numpy())
+    assert np.abs(probes.predict_proba(acts)[PLANTED].numpy() - reference.predict_proba(x)[:, 1]).max() < 2e-3
+    metrics = evaluate_probes(probes, acts, labels, groups, n_bootstrap=0)
+    expected = roc_auc_score(labels.numpy(), probes.predict_proba(acts)[PLANTED].numpy())
+    assert abs(float(metrics.values["auroc"][PLANTED]) - expected) < 1e-6

@@ -7,7 +7,14 @@
 """
 
 from lens_pivotal.probes.examples import ProbeExamples, group_folds, group_split, probe_examples
-from lens_pivotal.probes.layer_probes import ADAM_PROBE_SETTINGS, LayerProbes, ProbeConfig, ProbeSettings, train_probes
+from lens_pivotal.probes.layer_probes import (
+    ADAM_PROBE_SETTINGS,
+    LayerProbes,
+    ProbeConfig,
+    ProbeSettings,
+    evaluate_probes,
+    train_probes,
+)
 from lens_pivotal.probes.metrics import LayerMetrics, heldout_metrics
 from lens_pivotal.probes.plots import plot_layer_metrics, plot_projection
 from lens_pivotal.probes.scoring import GeneratedScores, TokenScores, generate_with_scores
@@ -23,6 +30,7 @@ __all__ = [
     "ProbeExamples",
     "ProbeSettings",
     "TokenScores",
+    "evaluate_probes",
     "format_layer_table",
     "generate_with_scores",
     "generated_view",

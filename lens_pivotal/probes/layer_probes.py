@@ -189,13 +189,13 @@ class LayerProbes:
     @property
     def best_layer(self) -> int:
         """Index (into the probed layers) with the highest held-out AUROC."""
-        self._require_fitted()
+        self._require_evaluated()
         return int(self.config.best_layer)
 
     @property
     def metrics(self) -> LayerMetrics:
         """Held-out metrics per layer, with bootstrap intervals over groups."""
-        self._require_fitted()
+        self._require_evaluated()
         settings = self.config.settings
         return LayerMetrics.from_dict(self.config.metrics, settings.n_bootstrap, 0.95)
 
@@ -216,32 +216,36 @@ class LayerProbes:
         labels: Sequence[int] | Tensor,
         groups: Sequence[str] | None = None,
     ) -> LayerProbes:
-        """Train every layer's probe on the training groups and evaluate on the held-out ones.
+        """Train every layer's probe on all the rows given, as scikit-learn's ``LogisticRegressionCV`` does: the L2 of
+        each layer is chosen by grouped cross-validation on these rows (unless ``l2`` is fixed). Nothing is held out
+        or evaluated here: :func:`train_probes` splits off held-out groups, trains a shuffled-label control and
+        reports metrics; :func:`evaluate_probes` scores fitted probes on any rows.
 
         Args:
             acts: activations from :func:`lens_pivotal.cache_resid_post` (``[n_layers, n_rows, d_model]``), on
                 the device to train on.
             labels: 1 where the next token is pivotal, else 0, per row.
-            groups: each row's problem (e.g. ``ProbeExamples.groups``); no group is both trained and evaluated on.
+            groups: each row's problem (e.g. ``ProbeExamples.groups``): cross-validation folds never split one.
                 Without groups every row is its own group, which leaks when rows of one problem are correlated.
         """
-        settings = self.config.settings
         x, y, groups = self._check_training_data(acts, labels, groups)
-        x = x.to(getattr(torch, settings.dtype))
-        train, heldout = group_split(groups, test_fraction=settings.val_fraction, seed=settings.seed)
-        train_groups = [groups[i] for i in train]
-        train_x, heldout_x = x[:, train], x[:, heldout]
-        self._fit_standardization(train_x)
-        if settings.standardize:
-            train_x, heldout_x = self._standardized(train_x), self._standardized(heldout_x)
-        l2 = self._choose_l2(train_x, y[train], train_groups)
-        shuffled = y[train][torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed))]
-        heads = self._fit_heads(train_x, torch.stack([y[train], shuffled]), train_groups, l2.unsqueeze(-1).expand(-1, 2))
-        self.weight, self.bias = heads.weight[:, 0].float().cpu(), heads.bias[:, 0].float().cpu()
-        scores = torch.sigmoid(heads.logits(heldout_x)).cpu()
-        self._record_results(scores, y[heldout].cpu(), [groups[i] for i in heldout], l2, len(train))
-        self.fitted = True
+        self._train(x, y.unsqueeze(0), groups)
+        self.config = replace(self.config, n_train=len(groups))
         return self
+
+    def _train(self, x: Tensor, labels: Tensor, groups: list[str]) -> Heads:
+        """Standardise on ``x``, choose each layer's L2 on ``labels[0]``, train a head per row of ``labels``
+        (``[n_heads, n_rows]``, the same L2) and keep the first as the probes; returns every head."""
+        x = x.to(getattr(torch, self.config.settings.dtype))
+        self._fit_standardization(x)
+        if self.config.settings.standardize:
+            x = self._standardized(x)
+        l2 = self._choose_l2(x, labels[0], groups)
+        heads = self._fit_heads(x, labels, groups, l2.unsqueeze(-1).expand(-1, len(labels)))
+        self.weight, self.bias = heads.weight[:, 0].float().cpu(), heads.bias[:, 0].float().cpu()
+        self.config = replace(self.config, l2=[float(value) for value in l2])
+        self.fitted = True
+        return heads
 
     def predict_proba(self, acts: Float[Tensor, "n_layers n_rows d_model"]) -> Float[Tensor, "n_layers n_rows"]:
         """Probability that the next token is pivotal, per layer and row (computed on ``acts``' device)."""
@@ -373,6 +377,14 @@ class LayerProbes:
             )
         return acts if acts.dtype == torch.float64 else acts.float()
 
+    def _require_evaluated(self) -> None:
+        self._require_fitted()
+        if self.config.metrics is None or self.config.best_layer is None:
+            raise RuntimeError(
+                "these probes hold no held-out evaluation (fit trains on everything it is given): use train_probes, "
+                "or lens_pivotal.probes.evaluate_probes on rows they were not trained on"
+            )
+
     def _check_training_data(self, acts: Tensor, labels: Any, groups: Sequence[str] | None) -> tuple[Tensor, Tensor, list[str]]:
         x = self._check_acts(acts)
         y = _as_labels(labels, x.shape[1]).to(x)
@@ -441,20 +453,14 @@ class LayerProbes:
         self.config.cv_loss = [[value if value != float("inf") else None for value in row] for row in table.tolist()]
         return torch.tensor(settings.l2_grid, dtype=torch.float64).to(x)[table.argmin(-1)]
 
-    def _record_results(self, scores: Tensor, labels: Tensor, groups: list[str], l2: Tensor, n_train: int) -> None:
-        settings = self.config.settings
-        real, control = scores[:, 0], scores[:, 1]
-        metrics = heldout_metrics(real, labels, groups, n_bootstrap=settings.n_bootstrap, seed=settings.seed)
-        ones = torch.ones(1, len(labels), dtype=torch.float64)
-        control_auroc = auroc(control.double(), labels.double(), ones)[:, 0]
+    def _record_results(self, metrics: LayerMetrics, control_auroc: Tensor, groups: list[str], n_train: int) -> None:
         self.config = replace(
             self.config,
             metrics=metrics.to_dict(),
             control_auroc=[float(value) for value in control_auroc],
             best_layer=int(torch.nan_to_num(metrics.values["auroc"], nan=-1).argmax()),
-            l2=[float(value) for value in l2],
             n_train=n_train,
-            n_heldout=len(labels),
+            n_heldout=len(groups),
             heldout_groups=sorted(set(groups)),
         )
 
@@ -482,7 +488,9 @@ def train_probes(
             ``**ADAM_PROBE_SETTINGS`` reproduces the Algoverse probing project's probe.
 
     Returns:
-        Fitted :class:`LayerProbes` with per-layer held-out metrics, a shuffled-label control and the best layer.
+        :class:`LayerProbes` fitted on the training groups (:meth:`LayerProbes.fit`), with per-layer metrics on the
+        held-out groups (:func:`evaluate_probes`), a shuffled-label control trained on the same rows, and the best
+        layer.
     """
     _require_layered(acts)
     if model is not None:
@@ -490,7 +498,35 @@ def train_probes(
     else:
         hook_names = Layout(list(range(acts.shape[0])), False).hook_names
         probes = LayerProbes(ProbeConfig("unknown", acts.shape[2], acts.shape[0], hook_names, ProbeSettings(**settings)))
-    return probes.fit(acts, labels, groups)
+    x, y, groups = probes._check_training_data(acts, labels, groups)
+    chosen = probes.config.settings
+    train, heldout = group_split(groups, test_fraction=chosen.val_fraction, seed=chosen.seed)
+    train_groups, heldout_groups = [groups[i] for i in train], [groups[i] for i in heldout]
+    # The shuffled-label control trains beside the probes, as a second head of the same batched program.
+    shuffled = y[train][torch.randperm(len(train), generator=torch.Generator().manual_seed(chosen.seed))]
+    heads = probes._train(x[:, train], torch.stack([y[train], shuffled]), train_groups)
+    heldout_x = x[:, heldout].to(heads.weight.dtype)
+    scores = torch.sigmoid(heads.logits(probes._standardized(heldout_x) if chosen.standardize else heldout_x)).cpu()
+    y_heldout = y[heldout].cpu()
+    metrics = heldout_metrics(scores[:, 0], y_heldout, heldout_groups, n_bootstrap=chosen.n_bootstrap, seed=chosen.seed)
+    control_auroc = auroc(scores[:, 1].double(), y_heldout.double(), torch.ones(1, len(heldout), dtype=torch.float64))[:, 0]
+    probes._record_results(metrics, control_auroc, heldout_groups, len(train))
+    return probes
+
+
+def evaluate_probes(
+    probes: LayerProbes,
+    acts: Float[Tensor, "n_layers n_rows d_model"],
+    labels: Sequence[int] | Tensor,
+    groups: Sequence[str] | None = None,
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> LayerMetrics:
+    """Accuracy, balanced accuracy, F1, AUROC and AUPRC of fitted ``probes`` on these rows, per layer, with bootstrap
+    intervals over ``groups`` (rows, without groups)."""
+    scores = probes.predict_proba(acts).cpu()
+    return heldout_metrics(scores, _as_labels(labels, scores.shape[1]), groups, n_bootstrap=n_bootstrap, seed=seed)
 
 
 def _require_layered(acts: Any) -> None:
