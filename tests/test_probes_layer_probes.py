@@ -96,7 +96,8 @@ def test_save_load_round_trip_is_exact(fitted, tmp_path):
         mode = (tmp_path / "probes" / name).stat().st_mode & 0o777
         assert mode == (0o777 if not name else 0o666) & ~umask
     saved = json.loads((tmp_path / "probes" / "config.json").read_text())
-    assert saved["settings"]["solver"] == "lbfgs" and len(saved["hook_names"]) == 5 and "metrics" in saved
+    assert saved["config"]["settings"]["solver"] == "lbfgs" and len(saved["config"]["hook_names"]) == 5
+    assert {"metrics", "l2", "best_layer", "control_auroc"} <= set(saved["results"]) and "metrics" not in saved["config"]
 
 
 def test_loading_onto_another_model_shape_is_an_error(fitted, tmp_path, tiny_qwen3_model):
@@ -114,8 +115,8 @@ def test_loading_onto_another_model_of_the_same_shape_warns(tmp_path, tiny_qwen3
         warnings.simplefilter("error")
         LayerProbes.load(tmp_path / "probes", model=tiny_qwen3_model)
     config = json.loads((tmp_path / "probes" / "config.json").read_text())
-    config.update(model_name="Qwen/Qwen3-0.6B-Base", from_the_future=1)
-    config["settings"]["new_knob"] = 2
+    config["config"].update(model_name="Qwen/Qwen3-0.6B-Base", from_the_future=1)
+    config["config"]["settings"]["new_knob"] = 2
     (tmp_path / "probes" / "config.json").write_text(json.dumps(config))
     with pytest.warns(UserWarning, match="trained on 'Qwen/Qwen3-0.6B-Base', not on") as caught:
         loaded = LayerProbes.load(tmp_path / "probes", model=tiny_qwen3_model)
@@ -142,7 +143,7 @@ def test_load_errors_name_the_file(fitted, tmp_path):
         LayerProbes.load(tmp_path)
     probes.save(tmp_path / "probes")
     config = tmp_path / "probes" / "config.json"
-    config.write_text(config.read_text().replace("lens_pivotal.layer_probes/1", "something/9"))
+    config.write_text(config.read_text().replace("lens_pivotal.layer_probes/2", "something/9"))
     with pytest.raises(ValueError, match="not a lens_pivotal probe config"):
         LayerProbes.load(tmp_path / "probes")
 
@@ -232,3 +233,13 @@ def test_fit_trains_on_every_row_and_evaluate_probes_scores_like_sklearn(fitted)
     metrics = evaluate_probes(probes, acts, labels, groups, n_bootstrap=0)
     expected = roc_auc_score(labels.numpy(), probes.predict_proba(acts)[PLANTED].numpy())
     assert abs(float(metrics.values["auroc"][PLANTED]) - expected) < 1e-6
+
+
+def test_probes_saved_in_the_first_flat_format_still_load(fitted, tmp_path):
+    probes, (acts, _, _) = fitted
+    probes.save(tmp_path / "probes")
+    nested = json.loads((tmp_path / "probes" / "config.json").read_text())
+    flat = {**nested["config"], **nested["results"], "format": "lens_pivotal.layer_probes/1"}
+    (tmp_path / "probes" / "config.json").write_text(json.dumps(flat))
+    loaded = LayerProbes.load(tmp_path / "probes")
+    assert loaded.config == probes.config and torch.equal(loaded.predict_proba(acts), probes.predict_proba(acts))

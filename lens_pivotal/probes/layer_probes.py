@@ -30,7 +30,9 @@ from lens_pivotal.probes.scoring import LayerChoice, ProbeRecorder, TokenScores,
 from lens_pivotal.probes.training import Heads, balanced_weights, fit_adam, fit_lbfgs, head_losses
 from lens_pivotal.resid.cache import Layout, resolve_layers
 
-FORMAT = "lens_pivotal.layer_probes/1"
+FORMAT = "lens_pivotal.layer_probes/2"
+FLAT_FORMAT = "lens_pivotal.layer_probes/1"  # the first format: one flat object; still read
+CONFIGURATION_FIELDS = ("model_name", "model_source", "d_model", "n_model_layers", "hook_names", "settings")
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "probes.safetensors"
 SOLVERS = ("lbfgs", "adam")
@@ -90,7 +92,8 @@ ADAM_PROBE_SETTINGS = {"solver": "adam", "l2": 0.0, "lr": 1e-3, "epochs": 10, "b
 
 @dataclass
 class ProbeConfig:
-    """Everything saved beside the weights: the base model, the layers read, the settings and the results.
+    """Everything saved beside the weights: the configuration (base model, layers read, settings) and the results
+    (metrics, chosen L2, control, best layer), kept apart in ``config.json`` as ``{"format", "config", "results"}``.
 
     ``model_source`` is how to load the base model again (a hub id, a directory, or ``"embedded"``), when known.
     """
@@ -126,23 +129,30 @@ class ProbeConfig:
         )  # fmt: skip
 
     def to_json(self) -> str:
-        """The config as JSON (settings nested)."""
-        return json.dumps(asdict(self), indent=1)
+        """``{"format", "config": {model, layers, settings}, "results": {metrics, l2, ...}}`` as JSON."""
+        flat = asdict(self)
+        del flat["format"]
+        configuration = {name: flat.pop(name) for name in CONFIGURATION_FIELDS}
+        return json.dumps({"format": FORMAT, "config": configuration, "results": flat}, indent=1)
 
     @classmethod
     def from_json(cls, text: str, where: str) -> ProbeConfig:
-        """Parse :meth:`to_json`'s output; ``where`` names the file in errors."""
+        """Parse :meth:`to_json`'s output (or the first, flat format); ``where`` names the file in errors."""
         data = json.loads(text)
-        if data.get("format") != FORMAT:
+        if data.get("format") not in (FORMAT, FLAT_FORMAT):
             raise ValueError(f"{where}: not a lens_pivotal probe config (format {data.get('format')!r}, expected {FORMAT!r})")
+        if data.pop("format") == FORMAT:
+            unknown = _known_fields(dict.fromkeys(("config", "results")), data, where)
+            data = {**unknown.get("config", {}), **unknown.get("results", {})}
         settings = _known_fields(ProbeSettings, data.pop("settings"), f"{where} settings")
         settings["l2_grid"] = tuple(settings["l2_grid"])
         return cls(settings=ProbeSettings(**settings), **_known_fields(cls, data, where))
 
 
-def _known_fields(kind: type, data: dict[str, Any], where: str) -> dict[str, Any]:
-    """``data`` without the keys ``kind`` does not know (a newer version wrote them), with a warning naming them."""
-    known = {item.name for item in fields(kind)}
+def _known_fields(kind: type | dict[str, None], data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` without the keys ``kind`` (a dataclass, or a dict of names) does not know (a newer version wrote
+    them), with a warning naming them."""
+    known = set(kind) if isinstance(kind, dict) else {item.name for item in fields(kind)}
     unknown = sorted(set(data) - known)
     if unknown:
         warnings.warn(f"{where}: ignoring keys this version does not know: {', '.join(unknown)}", stacklevel=3)
