@@ -12,7 +12,7 @@ Data flows ``model → cache → probes / patchscope → views``::
 from lens_pivotal import patchscope, probes, pts, resid, viz
 from lens_pivotal.embedded import embedded_model
 from lens_pivotal.kv_cache import KVCacheError
-from lens_pivotal.lens import logit_lens
+from lens_pivotal.lenses import AffineMap, logit_lens
 from lens_pivotal.model import UnsupportedArchitectureError, load_model, resid_post_hook
 from lens_pivotal.patchscope import (
     IDENTITY_PROMPT,
@@ -28,6 +28,7 @@ from lens_pivotal.resid import ResidStore, cache_resid_post
 from lens_pivotal.viz import save_figure
 
 __all__ = [
+    "AffineMap",
     "IDENTITY_PROMPT",
     "KVCacheError",
     "LayerProbes",

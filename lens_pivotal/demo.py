@@ -10,7 +10,7 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from lens_pivotal._io import atomic_write_text
-from lens_pivotal.lens import logit_lens
+from lens_pivotal.lenses import logit_lens
 from lens_pivotal.resid.cache import cache_resid_post
 from lens_pivotal.viz.tables import format_table
 

@@ -6,6 +6,7 @@ Hooks first (:func:`patch_hook`, :func:`layered_patch_hooks`), then one patchsco
 (:func:`attribute_extraction`) and entity description (:func:`entity_description`).
 """
 
+from lens_pivotal.lenses import AffineMap
 from lens_pivotal.patchscope.attributes import attribute_extraction, entity_description
 from lens_pivotal.patchscope.core import IDENTITY_PROMPT, Patchscope, PatchscopeResult
 from lens_pivotal.patchscope.decoding import (
@@ -16,7 +17,7 @@ from lens_pivotal.patchscope.decoding import (
     random_identity_prompts,
 )
 from lens_pivotal.patchscope.hooks import layered_patch_hooks, patch_hook
-from lens_pivotal.patchscope.mappings import AffineMap, NormMatch
+from lens_pivotal.patchscope.mappings import NormMatch
 from lens_pivotal.patchscope.plots import plot_attribute_heatmap, plot_decoding
 from lens_pivotal.patchscope.relations import Relation, list_relations, load_relation, relation_prompts
 from lens_pivotal.patchscope.views import token_grid_view

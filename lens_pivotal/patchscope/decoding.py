@@ -18,9 +18,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from lens_pivotal.lens import logit_lens
+from lens_pivotal.lenses import AffineMap, logit_lens
 from lens_pivotal.patchscope.core import IDENTITY_PROMPT, TargetPrompt, check_layer, patched_logits
-from lens_pivotal.patchscope.mappings import AffineMap
 from lens_pivotal.patchscope.relations import relation_prompts
 from lens_pivotal.resid.cache import cache_resid_post, resolve_layers
 from lens_pivotal.tokens import Tokenization, token_ids

@@ -37,7 +37,7 @@ def patch_hook(
             each row's real tokens (those where ``attention_mask`` is 1), so ``-1`` is each row's last
             real token under left or right padding.
         mapping: ``f`` of the patchscope, applied once to ``vectors`` (e.g. an
-            :class:`~lens_pivotal.patchscope.mappings.AffineMap`); ``None`` is the identity.
+            :class:`~lens_pivotal.lenses.AffineMap`); ``None`` is the identity.
         attention_mask: the prompt's ``[batch, prompt_len]`` 0/1 mask. Its width is the prompt length:
             a call whose tensor is shorter than the prompt is a KV-cached decode step. Without it every
             row is taken as unpadded and a one-token tensor as a decode step, so pass it to patch a
