@@ -9,7 +9,7 @@ layer's held-out AUROC. They run in alternation in one process; ratios are media
   (lr 1e-3), 10 epochs of a fresh shuffled ``DataLoader`` of batch 32, raw float32 activations, keeping the epoch
   with the lowest validation loss. The validation rows are the ones ``train_probes`` uses for Adam: a grouped split
   (same fraction, seed + 1) of the training groups, which are then not trained on.
-* ``ours_adam``: ``train_probes(acts, labels, groups=groups, **ADAM_PROBE_SETTINGS)``: the same method on all layers
+* ``ours_adam``: ``train_probes(acts, labels, groups=groups, settings=ADAM_PROBE_SETTINGS)``: the same method on all layers
   at once (float32, zero initialisation, and a shuffled-label control head per layer trained alongside).
 * ``ours_default``: ``train_probes(acts, labels, groups=groups)``: standardised inputs, balanced class weights,
   L-BFGS in float64, L2 per layer chosen from a grid by grouped 5-fold cross-validation (plus the control head).
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,11 +119,11 @@ def synthetic_data(n_rows: int, n_groups: int, n_blocks: int, d_model: int, plan
 def algoverse_probe(x_fit: torch.Tensor, y_fit: torch.Tensor, x_check: torch.Tensor, y_check: torch.Tensor) -> torch.nn.Module:
     """One layer's probe as the Algoverse probing project trained it: Adam on minibatches, the best epoch's weights by validation loss."""
     probe = torch.nn.Sequential(torch.nn.Linear(x_fit.shape[1], 1), torch.nn.Sigmoid())
-    optimizer = torch.optim.Adam(probe.parameters(), lr=ADAM_PROBE_SETTINGS["lr"])
+    optimizer = torch.optim.Adam(probe.parameters(), lr=ADAM_PROBE_SETTINGS.lr)
     loss_fn = torch.nn.BCELoss()
-    loader = DataLoader(TensorDataset(x_fit, y_fit), batch_size=ADAM_PROBE_SETTINGS["batch_size"], shuffle=True)
+    loader = DataLoader(TensorDataset(x_fit, y_fit), batch_size=ADAM_PROBE_SETTINGS.batch_size, shuffle=True)
     best_loss, best_state = float("inf"), copy.deepcopy(probe.state_dict())
-    for _ in range(ADAM_PROBE_SETTINGS["epochs"]):
+    for _ in range(ADAM_PROBE_SETTINGS.epochs):
         for x, y in loader:
             optimizer.zero_grad()
             loss_fn(probe(x).squeeze(-1), y).backward()
@@ -149,9 +150,10 @@ def algoverse_loop(data: ProbeData, split: Split) -> np.ndarray:
     return np.array(aurocs)
 
 
-def ours(data: ProbeData, n_bootstrap: int, **settings: object) -> np.ndarray:
+def ours(data: ProbeData, n_bootstrap: int, settings: ProbeSettings = ProbeSettings()) -> np.ndarray:
     """Held-out AUROC per layer from ``train_probes`` (all layers at once)."""
-    probes = train_probes(data.acts, data.labels, groups=data.groups, n_bootstrap=n_bootstrap, **settings)
+    settings = dataclasses.replace(settings, n_bootstrap=n_bootstrap)
+    probes = train_probes(data.acts, data.labels, groups=data.groups, settings=settings)
     return np.array(probes.config.metrics["auroc"]["value"])
 
 
@@ -200,7 +202,7 @@ def contenders(data: ProbeData, split: Split, n_bootstrap: int) -> dict[str, Cal
     """Each contender as a no-argument call returning held-out AUROC per layer."""
     return {
         "algoverse_loop": lambda: algoverse_loop(data, split),
-        "ours_adam": lambda: ours(data, n_bootstrap, **ADAM_PROBE_SETTINGS),
+        "ours_adam": lambda: ours(data, n_bootstrap, ADAM_PROBE_SETTINGS),
         "ours_default": lambda: ours(data, n_bootstrap),
         "sklearn": lambda: sklearn_c1(data, split),
         "sklearn_cv": lambda: sklearn_cv(data, split),

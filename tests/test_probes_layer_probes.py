@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -39,7 +40,7 @@ def planted(n_layers=5, n_rows=480, d_model=48, strength=3.0, seed=0):
 @pytest.fixture(scope="module")
 def fitted():
     acts, labels, groups = planted()
-    return train_probes(acts, labels, groups=groups, n_bootstrap=200), (acts, labels, groups)
+    return train_probes(acts, labels, groups=groups, settings=ProbeSettings(n_bootstrap=200)), (acts, labels, groups)
 
 
 def test_finds_the_planted_layer_and_the_control_is_chance(fitted):
@@ -55,7 +56,7 @@ def test_finds_the_planted_layer_and_the_control_is_chance(fitted):
 
 def test_seed_a_adam_settings_also_find_it():
     acts, labels, groups = planted(strength=3.0)
-    probes = train_probes(acts, labels, groups=groups, n_bootstrap=0, **ADAM_PROBE_SETTINGS)
+    probes = train_probes(acts, labels, groups=groups, settings=dataclasses.replace(ADAM_PROBE_SETTINGS, n_bootstrap=0))
     assert probes.best_layer == PLANTED and probes.metrics.values["auroc"][PLANTED] > 0.95
     assert probes.config.settings.solver == "adam" and probes.config.cv_loss is None
 
@@ -63,7 +64,8 @@ def test_seed_a_adam_settings_also_find_it():
 def test_matches_sklearn_logistic_regression_per_layer():
     acts, labels, groups = planted(strength=1.0)
     l2 = 1e-2
-    probes = train_probes(acts, labels, groups=groups, l2=l2, standardize=False, class_weight=None, n_bootstrap=0)
+    settings = ProbeSettings(l2=l2, standardize=False, class_weight=None, n_bootstrap=0)
+    probes = train_probes(acts, labels, groups=groups, settings=settings)
     train, heldout = group_split(groups, test_fraction=0.2, seed=0)
     ours = probes.predict_proba(acts)
     for layer in range(acts.shape[0]):
@@ -109,7 +111,8 @@ def test_loading_onto_another_model_shape_is_an_error(fitted, tmp_path, tiny_qwe
 
 def test_loading_onto_another_model_of_the_same_shape_warns(tmp_path, tiny_qwen3_model):
     acts, labels = torch.randn(3, 40, 64), torch.arange(40) % 2
-    probes = train_probes(acts, labels, groups=[str(i // 4) for i in range(40)], model=tiny_qwen3_model, l2=1.0, n_bootstrap=0)
+    groups = [str(i // 4) for i in range(40)]
+    probes = train_probes(acts, labels, groups=groups, model=tiny_qwen3_model, settings=ProbeSettings(l2=1.0, n_bootstrap=0))
     probes.save(tmp_path / "probes")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -160,9 +163,9 @@ def test_load_errors_name_the_file(fitted, tmp_path):
     ],
 )
 def test_bad_training_input(change, message):
-    acts, labels, groups = planted(n_rows=480)
+    changed_acts, changed_labels, changed_groups = change(*planted(n_rows=480))
     with pytest.raises(ValueError, match=message):
-        train_probes(*change(acts, labels, groups)[:2], groups=change(acts, labels, groups)[2], n_bootstrap=0)
+        train_probes(changed_acts, changed_labels, groups=changed_groups, settings=ProbeSettings(n_bootstrap=0))
 
 
 @pytest.mark.parametrize(
@@ -198,11 +201,11 @@ def test_load_refuses_weights_of_another_shape(fitted, tmp_path):
 
 def test_fit_input_errors_name_the_argument():
     with pytest.raises(ValueError, match=r"acts must be a \[n_layers, n_rows, d_model\] tensor, got <class 'list'>"):
-        LayerProbes(train_probes(*planted()[:2], l2=1.0, n_bootstrap=0).config).fit([[1.0]], [1])
+        LayerProbes(train_probes(*planted()[:2], settings=ProbeSettings(l2=1.0, n_bootstrap=0)).config).fit([[1.0]], [1])
     acts, labels, _ = planted(n_rows=40)
     two_groups = ["a"] * 20 + ["b"] * 20  # one held out, one left to train: nothing to cross-validate
     with pytest.raises(ValueError, match="needs at least 2 training groups; pass l2="):
-        train_probes(acts, labels, groups=two_groups, n_bootstrap=0)
+        train_probes(acts, labels, groups=two_groups, settings=ProbeSettings(n_bootstrap=0))
 
 
 def test_len_getitem_and_to_give_one_layers_probe(fitted):
@@ -243,3 +246,17 @@ def test_probes_saved_in_the_first_flat_format_still_load(fitted, tmp_path):
     (tmp_path / "probes" / "config.json").write_text(json.dumps(flat))
     loaded = LayerProbes.load(tmp_path / "probes")
     assert loaded.config == probes.config and torch.equal(loaded.predict_proba(acts), probes.predict_proba(acts))
+
+
+def test_settings_are_typed_and_checked():
+    acts, labels, groups = planted()
+    with pytest.raises(ValueError, match="solver must be one of"):
+        ProbeSettings(solver="sgd")
+    with pytest.raises(TypeError, match="epochs must be an int, got 1.5"):
+        ProbeSettings(epochs=1.5)
+    with pytest.raises(TypeError, match="l2_grid must be a tuple"):
+        ProbeSettings(l2_grid=[1.0])
+    with pytest.raises(TypeError, match="settings must be a ProbeSettings"):
+        train_probes(acts, labels, groups=groups, settings={"l2": 1.0})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'l2'"):
+        train_probes(acts, labels, groups=groups, l2=1.0)

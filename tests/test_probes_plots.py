@@ -8,7 +8,7 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
-from lens_pivotal.probes import train_probes
+from lens_pivotal.probes import ProbeSettings, train_probes
 from lens_pivotal.probes.plots import plot_layer_metrics, plot_projection, project_2d
 from lens_pivotal.viz import save_figure
 
@@ -19,7 +19,7 @@ def probes():
     labels = torch.arange(120) % 2
     acts = torch.randn(4, 120, 16, generator=generator)
     acts[2, :, 0] += 3 * labels
-    return train_probes(acts, labels, groups=[str(i // 6) for i in range(120)], l2=0.1, n_bootstrap=50)
+    return train_probes(acts, labels, groups=[str(i // 6) for i in range(120)], settings=ProbeSettings(l2=0.1, n_bootstrap=50))
 
 
 def test_layer_metrics_figure(probes, tmp_path):

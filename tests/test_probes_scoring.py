@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lens_pivotal.probes import probe_examples, train_probes
+from lens_pivotal.probes import ProbeSettings, probe_examples, train_probes
 from lens_pivotal.probes.scoring import generate_with_scores
 from lens_pivotal.testing import reference_greedy_tokens
 
@@ -16,8 +16,10 @@ TEXTS = ["Sam has 3 apples and buys 4 more.", "The answer is 7 because 3 + 4 = 7
 def probes(tiny_qwen3_model, synthetic_rows):
     examples = probe_examples(tiny_qwen3_model, synthetic_rows)
     acts = examples.cache(tiny_qwen3_model, embeddings=True, progress=False)
-    return train_probes(acts, examples.labels, groups=examples.groups, model=tiny_qwen3_model, embeddings=True,
-                        l2=1.0, n_bootstrap=0)
+    settings = ProbeSettings(l2=1.0, n_bootstrap=0)
+    return train_probes(
+        acts, examples.labels, groups=examples.groups, model=tiny_qwen3_model, embeddings=True, settings=settings
+    )
 
 
 def test_score_text_layers(probes, tiny_qwen3_model):
@@ -90,7 +92,8 @@ def test_scoring_errors(probes, tiny_qwen3_model):
     with pytest.raises(IndexError, match="out of range"):
         probes.hook(7)
     acts = torch.randn(3, 40, 32)
-    other = train_probes(acts, torch.arange(40) % 2, groups=[str(i // 4) for i in range(40)], l2=1.0, n_bootstrap=0)
+    groups = [str(i // 4) for i in range(40)]
+    other = train_probes(acts, torch.arange(40) % 2, groups=groups, settings=ProbeSettings(l2=1.0, n_bootstrap=0))
     with pytest.raises(ValueError, match="d_model 32, 3 layers.*has d_model 64 and 3 layers"):
         other.score_text(tiny_qwen3_model, TEXTS[0])
 

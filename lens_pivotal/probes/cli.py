@@ -63,8 +63,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     model = load_model_from_args(args)
     probes, examples = train_on_pts(
         model, rows, args.out, model_source=args.model, negatives_per_positive=args.negatives_per_positive,
-        layers=layers, embeddings=args.embeddings, batch_size=args.batch_size, solver=args.solver, l2=args.l2,
-        val_fraction=args.val_fraction, n_bootstrap=args.n_bootstrap, seed=args.seed,
+        layers=layers, embeddings=args.embeddings, batch_size=args.batch_size,
+        settings=ProbeSettings(
+            solver=args.solver, l2=args.l2, val_fraction=args.val_fraction, n_bootstrap=args.n_bootstrap, seed=args.seed
+        ),
     )
     print(examples)
     for mismatch in examples.mismatches:

@@ -13,7 +13,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Any, Callable, ContextManager, Literal, Sequence
 
 import numpy as np
 import torch
@@ -51,12 +51,12 @@ class ProbeSettings:
     line search short of scikit-learn's optimum) and float32 for Adam.
     """
 
-    solver: str = "lbfgs"
+    solver: Literal["lbfgs", "adam"] = "lbfgs"
     l2: float | None = None
     l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
     cv_folds: int = 5
     standardize: bool = True
-    class_weight: str | None = "balanced"
+    class_weight: Literal["balanced"] | None = "balanced"
     val_fraction: float = 0.2
     lr: float = 1e-3
     epochs: int = 10
@@ -64,9 +64,15 @@ class ProbeSettings:
     max_iter: int = 500
     n_bootstrap: int = 1000
     seed: int = 0
-    dtype: str | None = None
+    dtype: Literal["float32", "float64"] | None = None
 
     def __post_init__(self) -> None:
+        for name, kind in (("l2_grid", tuple), ("standardize", bool)):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(f"{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
+        for name in ("cv_folds", "epochs", "batch_size", "max_iter", "n_bootstrap", "seed"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
+                raise TypeError(f"{name} must be an int, got {getattr(self, name)!r}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if self.class_weight not in ("balanced", None):
@@ -86,8 +92,9 @@ class ProbeSettings:
 
 # Plain Adam on raw activations, 10 epochs of batch 32, best epoch per layer on validation: the probe recipe of the
 # Algoverse probing project (stvngo/Algoverse-AI-Model-Probing).
-ADAM_PROBE_SETTINGS = {"solver": "adam", "l2": 0.0, "lr": 1e-3, "epochs": 10, "batch_size": 32,
-                       "standardize": False, "class_weight": None}
+ADAM_PROBE_SETTINGS = ProbeSettings(
+    solver="adam", l2=0.0, lr=1e-3, epochs=10, batch_size=32, standardize=False, class_weight=None
+)
 
 
 @dataclass
@@ -183,12 +190,17 @@ class LayerProbes:
 
     @classmethod
     def from_model(
-        cls, model: Any, *, layers: Sequence[int] | None = None, embeddings: bool = False, **settings: Any
+        cls,
+        model: Any,
+        *,
+        layers: Sequence[int] | None = None,
+        embeddings: bool = False,
+        settings: ProbeSettings | None = None,
     ) -> LayerProbes:
         """Unfitted probes for the layers ``cache_resid_post(model, ..., layers=layers, embeddings=embeddings)``
-        returns; ``settings`` are :class:`ProbeSettings` fields."""
+        returns, trained as ``settings`` says (default: ``ProbeSettings()``)."""
         hook_names = Layout(resolve_layers(model, layers), embeddings).hook_names
-        config = ProbeConfig(model.cfg.model_name, model.cfg.d_model, model.cfg.n_layers, hook_names, ProbeSettings(**settings))
+        config = ProbeConfig(model.cfg.model_name, model.cfg.d_model, model.cfg.n_layers, hook_names, _settings(settings))
         return cls(config)
 
     @property
@@ -483,7 +495,7 @@ def train_probes(
     model: Any | None = None,
     layers: Sequence[int] | None = None,
     embeddings: bool = False,
-    **settings: Any,
+    settings: ProbeSettings | None = None,
 ) -> LayerProbes:
     """Train one probe per layer of ``acts`` (all layers at once) and evaluate them on held-out groups.
 
@@ -494,8 +506,8 @@ def train_probes(
         groups: the problem of each row; splits never put one problem on both sides.
         model: the model ``acts`` came from, with the ``layers``/``embeddings`` given to the cache call: recorded in
             the config (model name, shape, hook names) so that :meth:`LayerProbes.load` can catch a mismatch.
-        settings: :class:`ProbeSettings` fields, e.g. ``solver="adam"``, ``l2=1e-2``, ``val_fraction=0.2``;
-            ``**ADAM_PROBE_SETTINGS`` reproduces the Algoverse probing project's probe.
+        settings: how to train and evaluate, e.g. ``ProbeSettings(l2=1e-2, val_fraction=0.2)`` (default:
+            ``ProbeSettings()``); ``ADAM_PROBE_SETTINGS`` reproduces the Algoverse probing project's probe.
 
     Returns:
         :class:`LayerProbes` fitted on the training groups (:meth:`LayerProbes.fit`), with per-layer metrics on the
@@ -504,10 +516,10 @@ def train_probes(
     """
     _require_layered(acts)
     if model is not None:
-        probes = LayerProbes.from_model(model, layers=layers, embeddings=embeddings, **settings)
+        probes = LayerProbes.from_model(model, layers=layers, embeddings=embeddings, settings=settings)
     else:
         hook_names = Layout(list(range(acts.shape[0])), False).hook_names
-        probes = LayerProbes(ProbeConfig("unknown", acts.shape[2], acts.shape[0], hook_names, ProbeSettings(**settings)))
+        probes = LayerProbes(ProbeConfig("unknown", acts.shape[2], acts.shape[0], hook_names, _settings(settings)))
     x, y, groups = probes._check_training_data(acts, labels, groups)
     chosen = probes.config.settings
     train, heldout = group_split(groups, test_fraction=chosen.val_fraction, seed=chosen.seed)
@@ -537,6 +549,14 @@ def evaluate_probes(
     intervals over ``groups`` (rows, without groups)."""
     scores = probes.predict_proba(acts).cpu()
     return heldout_metrics(scores, _as_labels(labels, scores.shape[1]), groups, n_bootstrap=n_bootstrap, seed=seed)
+
+
+def _settings(settings: ProbeSettings | None) -> ProbeSettings:
+    if settings is None:
+        return ProbeSettings()
+    if not isinstance(settings, ProbeSettings):
+        raise TypeError(f"settings must be a ProbeSettings, e.g. ProbeSettings(l2=1.0), got {type(settings).__name__}")
+    return settings
 
 
 def _require_layered(acts: Any) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 
 from lens_pivotal._io import atomic_write_text
 from lens_pivotal.probes.examples import ProbeExamples, probe_examples
-from lens_pivotal.probes.layer_probes import LayerProbes, train_probes
+from lens_pivotal.probes.layer_probes import LayerProbes, ProbeSettings, train_probes
 from lens_pivotal.probes.plots import plot_layer_metrics, plot_projection
 from lens_pivotal.probes.views import token_scores_view
 from lens_pivotal.pts.schema import PivotalToken
@@ -30,18 +30,19 @@ def train_on_pts(
     layers: Sequence[int] | None = None,
     embeddings: bool = False,
     batch_size: int = 16,
-    **settings: Any,
+    settings: ProbeSettings | None = None,
 ) -> tuple[LayerProbes, ProbeExamples]:
     """Train probes on PTS ``rows`` and write ``out/probes/``, ``metrics.json``, ``layer_metrics.png``,
     ``projection_best_layer.png`` and ``scores_best_layer.html`` / ``scores_all_layers.html`` (a held-out text).
 
-    ``settings`` are :class:`~lens_pivotal.probes.ProbeSettings` fields; ``seed`` also seeds the negatives.
+    ``settings`` (a :class:`~lens_pivotal.probes.ProbeSettings`) say how to train; its ``seed`` also seeds the negatives.
     """
     out = Path(out)
-    examples = probe_examples(model, rows, negatives_per_positive=negatives_per_positive, seed=settings.get("seed", 0))
+    settings = settings or ProbeSettings()
+    examples = probe_examples(model, rows, negatives_per_positive=negatives_per_positive, seed=settings.seed)
     acts = examples.cache(model, layers=layers, embeddings=embeddings, batch_size=batch_size, progress=False)
     probes = train_probes(
-        acts, examples.labels, groups=examples.groups, model=model, layers=layers, embeddings=embeddings, **settings
+        acts, examples.labels, groups=examples.groups, model=model, layers=layers, embeddings=embeddings, settings=settings
     )
     probes.config.model_source = model_source
     probes.save(out / "probes")
