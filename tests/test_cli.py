@@ -70,7 +70,7 @@ def test_cache_reports_a_position_error_without_a_traceback(tmp_path, capsys):
 @pytest.mark.slow
 def test_demo_prints_a_logit_lens_table_and_trains_probes(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "lens_pivotal.cli", "demo", "--out", str(tmp_path / "demo")], capture_output=True, text=True
+        [sys.executable, "-m", "lens_pivotal", "demo", "--out", str(tmp_path / "demo")], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
     assert "The capital of France is" in result.stdout
