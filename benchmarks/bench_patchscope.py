@@ -47,7 +47,7 @@ def full_forward_decoding(model, prompts: list[str], batch_size: int, source_bat
     """(top ids [layers, prompts], P@1 [layers], surprisal [layers]): one patched full forward per layer per batch."""
     states = lp.cache_resid_post(model, prompts, [-1] * len(prompts), batch_size=source_batch_size, progress=False)
     own_logp = torch.log_softmax(lp.logit_lens(model, states[-1]).float(), dim=-1).cpu()
-    target = model.to_tokens(IDENTITY_PROMPT)
+    target = lp.tokens.token_ids(model, IDENTITY_PROMPT)[None]  # the package's rule, as next_token_decoding reads it
     tops = torch.empty(model.cfg.n_layers, len(prompts), dtype=torch.long)
     for layer in range(model.cfg.n_layers):
         for start in range(0, len(prompts), batch_size):
@@ -98,7 +98,7 @@ def main() -> None:
         repeats=args.repeats,
         device=device,
     )
-    n_target = model.to_tokens(IDENTITY_PROMPT).shape[1]
+    n_target = len(lp.tokens.token_ids(model, IDENTITY_PROMPT))
     print(f"machine: {machine_description(device)}")
     print(f"model: {args.model} ({model.cfg.n_layers} blocks, d_model {model.cfg.d_model}), dtype {dtype}, date {today()}")
     print(f"inputs: {len(prompts)} prompts x {model.cfg.n_layers} layers, identity prompt of {n_target} tokens, "

@@ -9,7 +9,7 @@ Data flows ``model → cache → probes / patchscope → views``::
     probes = lp.train_probes(examples.cache(model), examples.labels, groups=examples.groups, model=model)
 """
 
-from lens_pivotal import patchscope, probes, pts, resid, viz
+from lens_pivotal import patchscope, probes, pts, resid, tokens, viz
 from lens_pivotal.embedded import embedded_model
 from lens_pivotal.kv_cache import KVCacheError
 from lens_pivotal.lenses import AffineMap, logit_lens
@@ -54,6 +54,7 @@ __all__ = [
     "resid_post_hook",
     "save_figure",
     "search_pivotal_tokens",
+    "tokens",
     "train_probes",
     "viz",
 ]
