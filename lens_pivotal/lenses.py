@@ -97,10 +97,10 @@ class AffineMap:
         Every token position is paired when both models tokenize a text the same way; otherwise only
         its last token is.
         """
-        source_ids = [token_ids(source_model, text, tokenization=tokenization).cpu() for text in texts]
-        target_ids = [token_ids(target_model, text, tokenization=tokenization).cpu() for text in texts]
+        source_ids = [token_ids(source_model, text, tokenization=tokenization, device="cpu") for text in texts]
+        target_ids = [token_ids(target_model, text, tokenization=tokenization, device="cpu") for text in texts]
         positions = [
-            list(range(len(s))) if torch.equal(s.cpu(), t.cpu()) else [-1] for s, t in zip(source_ids, target_ids)
+            list(range(len(s))) if torch.equal(s, t) else [-1] for s, t in zip(source_ids, target_ids)
         ]
         x = cache_resid_post(source_model, source_ids, positions, layers=[source_layer], batch_size=batch_size, progress=False)[0]
         y = cache_resid_post(target_model, target_ids, positions, layers=[target_layer], batch_size=batch_size, progress=False)[0]

@@ -99,14 +99,15 @@ def _local_config(path: Path) -> Any:
     return AutoConfig.from_pretrained(path)
 
 
-def _own_tokenizer(name: str, model: TransformerBridge) -> Any:
-    """The checkpoint's tokenizer as its authors configured it (the bridge's copy always adds BOS)."""
+def _checkpoint_tokenizer(name: str) -> Any | None:
+    """The checkpoint's tokenizer as its authors configured it, loaded once and handed to the bridge (which keeps a
+    copy that always adds BOS); ``None`` when ``name`` has none, leaving the bridge to say what is missing."""
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError):
-        return model.tokenizer
+        return None
 
 
 def load_model(
@@ -154,6 +155,8 @@ def load_model(
             name = str(path)
         elif path.exists() or _looks_like_path(name):
             raise FileNotFoundError(f"model directory {name!r} does not exist")
+    if tokenizer is None:
+        tokenizer = _checkpoint_tokenizer(name)
     try:
         model = TransformerBridge.boot_transformers(
             name, device=torch_device, dtype=torch_dtype, hf_model=hf_model, tokenizer=tokenizer
@@ -165,7 +168,7 @@ def load_model(
     if compat:
         model.enable_compatibility_mode(disable_warnings=True)
     model.eval()
-    keep_own_tokenizer(model, tokenizer if tokenizer is not None else _own_tokenizer(name, model))
+    keep_own_tokenizer(model, tokenizer if tokenizer is not None else model.tokenizer)
     repair_kv_cache(model)
     if check_kv_cache:
         verify_kv_cache(model)

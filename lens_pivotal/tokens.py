@@ -51,8 +51,10 @@ def token_ids(
     tokenization: Tokenization = "tokenizer",
     add_special_tokens: bool = True,
     what: str = "text",
+    device: torch.device | str | None = None,
 ) -> Int[Tensor, " seq"]:
-    """Token ids of ``text`` under the package's rule (module docstring), as a 1-D tensor on the model's device.
+    """Token ids of ``text`` under the package's rule (module docstring), as a 1-D tensor on ``device`` (default: the
+    model's device, ready to feed it).
 
     ``what`` names the input in error messages (``"text 3"``, ``"target_prompt"``).
 
@@ -61,7 +63,7 @@ def token_ids(
         ValueError: an unknown ``tokenization``, a tensor that is not 1-D integer ids, or no tokens.
     """
     check_tokenization(tokenization)
-    device = getattr(model.cfg, "device", None)
+    device = device if device is not None else getattr(model.cfg, "device", None)
     if isinstance(text, str):
         if tokenization == "transformer_lens" and add_special_tokens:
             ids = model.to_tokens(text)[0]

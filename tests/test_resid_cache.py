@@ -250,6 +250,8 @@ def test_store_refuses_other_inputs(qwen3, tmp_path):
         ([torch.ones(3)], [0], {}, ValueError, "1-D integer ids"),
         (["a"], [0], {"layers": [3]}, IndexError, "layer 3 is out of range: the model has 3 blocks"),
         (["a"], [0], {"layers": [0, 0]}, ValueError, "repeats"),
+        (["a"], [0], {"layers": [1.5]}, TypeError, "layer 1.5 must be an int, got float"),
+        (["a"], [0], {"tokenization": "hf"}, ValueError, r"tokenization must be one of \('tokenizer', 'transformer_lens'\)"),
         (["a"], [0], {"padding_side": "middle"}, ValueError, "padding_side"),
         (["a"], [0], {"batch_size": 0}, ValueError, "batch_size"),
     ],

@@ -150,10 +150,10 @@ def next_token_decoding(
     tops = {"patchscope": _patchscope_tops(model, layer_states, targets, target_texts, batch_size, tokenization, progress)}
     if "logit_lens" in baselines:
         tops["logit_lens"] = [_lens_tops(model, layer_states)]
-    extra_texts = _extra_fit_texts(affine_texts, {prompts[i] for i in evaluated}) if "affine" in baselines else []
+    extra_texts = []
     if "affine" in baselines:
-        fit_texts = [prompts[i] for i in trained] + extra_texts
-        maps = _fit_affine_lenses(model, fit_texts, read, ridge, source_batch_size, tokenization)
+        extra_texts = _extra_fit_texts(affine_texts, {prompts[i] for i in evaluated})
+        maps = _fit_affine_lenses(model, [prompts[i] for i in trained] + extra_texts, read, ridge, source_batch_size, tokenization)
         tops["affine"] = [_lens_tops(model, layer_states, [maps[layer] for layer in layer_list])]
 
     own_top = own_logp.argmax(dim=-1)
@@ -225,9 +225,7 @@ def _fit_affine_lenses(
 ) -> dict[int, AffineMap]:
     """One least-squares map per layer onto the last block, from every token but the first of ``texts``; the
     last block maps onto itself exactly."""
-    if not texts:
-        raise ValueError("the affine lens has no fitting text: pass affine_texts or a train_fraction above 0")
-    ids = [token_ids(model, text, tokenization=tokenization, what=f"affine text {i}").cpu() for i, text in enumerate(texts)]
+    ids = [token_ids(model, text, tokenization=tokenization, what=f"affine text {i}", device="cpu") for i, text in enumerate(texts)]
     positions = [list(range(1, len(tokens))) or [0] for tokens in ids]
     states = cache_resid_post(model, ids, positions, layers=layers, batch_size=batch_size, progress=False)
     last = model.cfg.n_layers - 1

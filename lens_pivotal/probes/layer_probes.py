@@ -32,6 +32,7 @@ from lens_pivotal.resid.cache import Layout, resolve_layers
 
 FORMAT = "lens_pivotal.layer_probes/2"
 FLAT_FORMAT = "lens_pivotal.layer_probes/1"  # the first format: one flat object; still read
+UNKNOWN_MODEL = "unknown"  # the model name of probes trained without one
 CONFIGURATION_FIELDS = ("model_name", "model_source", "d_model", "n_model_layers", "hook_names", "settings")
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "probes.safetensors"
@@ -149,18 +150,16 @@ class ProbeConfig:
         if data.get("format") not in (FORMAT, FLAT_FORMAT):
             raise ValueError(f"{where}: not a lens_pivotal probe config (format {data.get('format')!r}, expected {FORMAT!r})")
         if data.pop("format") == FORMAT:
-            unknown = _known_fields(dict.fromkeys(("config", "results")), data, where)
-            data = {**unknown.get("config", {}), **unknown.get("results", {})}
-        settings = _known_fields(ProbeSettings, data.pop("settings"), f"{where} settings")
+            parts = _known_fields(("config", "results"), data, where)
+            data = {**parts.get("config", {}), **parts.get("results", {})}
+        settings = _known_fields([item.name for item in fields(ProbeSettings)], data.pop("settings"), f"{where} settings")
         settings["l2_grid"] = tuple(settings["l2_grid"])
-        return cls(settings=ProbeSettings(**settings), **_known_fields(cls, data, where))
+        return cls(settings=ProbeSettings(**settings), **_known_fields([item.name for item in fields(cls)], data, where))
 
 
-def _known_fields(kind: type | dict[str, None], data: dict[str, Any], where: str) -> dict[str, Any]:
-    """``data`` without the keys ``kind`` (a dataclass, or a dict of names) does not know (a newer version wrote
-    them), with a warning naming them."""
-    known = set(kind) if isinstance(kind, dict) else {item.name for item in fields(kind)}
-    unknown = sorted(set(data) - known)
+def _known_fields(known: Sequence[str], data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` without the keys not in ``known`` (a newer version wrote them), with a warning naming them."""
+    unknown = sorted(set(data) - set(known))
     if unknown:
         warnings.warn(f"{where}: ignoring keys this version does not know: {', '.join(unknown)}", stacklevel=3)
     return {key: value for key, value in data.items() if key in known}
@@ -328,7 +327,7 @@ class LayerProbes:
         probes.fitted = True
         if model is not None:
             probes.check_model(model)
-            if model.cfg.model_name != probes.config.model_name:
+            if probes.config.model_name not in (model.cfg.model_name, UNKNOWN_MODEL):
                 warnings.warn(
                     f"these probes were trained on {probes.config.model_name!r}, not on {model.cfg.model_name!r} (same "
                     "shape): a base and an instruct model, say, have different residual streams",
@@ -519,7 +518,7 @@ def train_probes(
         probes = LayerProbes.from_model(model, layers=layers, embeddings=embeddings, settings=settings)
     else:
         hook_names = Layout(list(range(acts.shape[0])), False).hook_names
-        probes = LayerProbes(ProbeConfig("unknown", acts.shape[2], acts.shape[0], hook_names, _settings(settings)))
+        probes = LayerProbes(ProbeConfig(UNKNOWN_MODEL, acts.shape[2], acts.shape[0], hook_names, _settings(settings)))
     x, y, groups = probes._check_training_data(acts, labels, groups)
     chosen = probes.config.settings
     train, heldout = group_split(groups, test_fraction=chosen.val_fraction, seed=chosen.seed)

@@ -165,7 +165,7 @@ def _prepare_rows(model: TransformerBridge, texts: object, positions: object, to
 def _tokenize(model: TransformerBridge, text: TextInput, index: int, tokenization: Tokenization) -> Tensor:
     if isinstance(text, Tensor) and text.ndim == 2 and text.shape[0] == 1:
         text = text[0]
-    return token_ids(model, text, tokenization=tokenization, what=f"text {index}").to("cpu")
+    return token_ids(model, text, tokenization=tokenization, what=f"text {index}", device="cpu")
 
 
 def _resolve_positions(spec: PositionInput, length: int, index: int) -> list[int]:
