@@ -34,6 +34,11 @@ def resid_post_hook(layer: int) -> str:
 EMBEDDING_HOOK = "blocks.0.hook_resid_pre"
 
 
+class StopForward(Exception):
+    """Raised by a hook once everything its caller needs is read: the rest of the forward pass is skipped (catch it
+    around the ``model(...)`` call)."""
+
+
 def block_of(hook_name: str) -> int | None:
     """The block whose output ``hook_name`` is (``blocks.{l}.hook_resid_post``), ``None`` for any other hook."""
     match = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook_name)

@@ -273,15 +273,35 @@ class LayerProbes:
         self._require_fitted()
         return self.proba_at(list(range(self.n_layers)), self._check_acts(acts))
 
-    def proba_at(
+    def decision_function(self, acts: Float[Tensor, "n_layers n_rows d_model"]) -> Float[Tensor, "n_layers n_rows"]:
+        """The probes' logits (before the sigmoid of :meth:`predict_proba`), per layer and row."""
+        self._require_fitted()
+        return self.logits_at(list(range(self.n_layers)), self._check_acts(acts))
+
+    def logits_at(
         self, layers: Sequence[int], acts: Float[Tensor, "n_chosen n_rows d_model"]
     ) -> Float[Tensor, "n_chosen n_rows"]:
-        """Probabilities from the probes of ``layers`` only, ``acts[k]`` read by the probe of ``layers[k]``."""
+        """Logits from the probes of ``layers`` only, ``acts[k]`` read by the probe of ``layers[k]`` (differentiable
+        in ``acts``)."""
         self._require_fitted()
         index = torch.as_tensor(list(layers), dtype=torch.long)
         x = self._standardized(acts.float(), index)
         logits = torch.einsum("lnd,ld->ln", x, self.weight[index].to(x.device))
-        return torch.sigmoid(logits + self.bias[index].to(x.device).unsqueeze(-1))
+        return logits + self.bias[index].to(x.device).unsqueeze(-1)
+
+    def proba_at(
+        self, layers: Sequence[int], acts: Float[Tensor, "n_chosen n_rows d_model"]
+    ) -> Float[Tensor, "n_chosen n_rows"]:
+        """Probabilities from the probes of ``layers`` only, ``acts[k]`` read by the probe of ``layers[k]``."""
+        return torch.sigmoid(self.logits_at(layers, acts))
+
+    def residual_direction(self, layer: int) -> tuple[Float[Tensor, " d_model"], float]:
+        """Layer ``layer``'s probe in residual-stream units: ``(direction, offset)`` with logit ``= resid @ direction
+        + offset`` (the standardisation undone)."""
+        self._require_fitted()
+        index = resolve_index(layer, self.n_layers, f"layer {layer!r}", f": these probes cover {self.n_layers} layers")
+        direction = self.weight[index] / self.scale[index]
+        return direction, float(self.bias[index] - self.mean[index] @ direction)
 
     def predict(self, acts: Float[Tensor, "n_layers n_rows d_model"]) -> Float[Tensor, "n_layers n_rows"]:
         """1 where :meth:`predict_proba` is at least 0.5, else 0."""

@@ -25,7 +25,7 @@ from transformers import DynamicCache
 
 from lens_pivotal.indices import resolve_index
 from lens_pivotal.kv_cache import repeated_cache
-from lens_pivotal.model import EMBEDDING_HOOK, resid_post_hook
+from lens_pivotal.model import EMBEDDING_HOOK, StopForward, resid_post_hook
 from lens_pivotal.resid.fastpath import hf_fast_path
 from lens_pivotal.resid.store import ResidStore, StoreWriter
 from lens_pivotal.tokens import Tokenization, token_ids
@@ -63,10 +63,6 @@ class Rows:
         for kept in self.positions:
             offsets.append(offsets[-1] + len(kept))
         return offsets
-
-
-class _StopForward(Exception):
-    """Raised by the deepest requested hook: nothing after it is needed."""
 
 
 def cache_resid_post(
@@ -304,7 +300,7 @@ class _BatchRunner:
             def hook(resid: Tensor, hook: object) -> Tensor:
                 gathered[name] = resid[row_index.to(resid.device), position_index.to(resid.device)].to(self.dtype)
                 if stop:
-                    raise _StopForward
+                    raise StopForward
                 return resid
 
             return hook
@@ -314,7 +310,7 @@ class _BatchRunner:
         with self.model.hooks(fwd_hooks=fwd_hooks):
             try:
                 self.model(ids, attention_mask=mask, **cache_arguments)
-            except _StopForward:
+            except StopForward:
                 pass
         return torch.stack([gathered[name] for name in self.layout.hook_names])
 

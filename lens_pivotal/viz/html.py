@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,5 +35,12 @@ class HTMLView:
 
 
 def offline_html(rendered: Any) -> str:
-    """The offline HTML of a circuitsvis view (``circuitsvis.tokens.colored_tokens(...)`` etc.)."""
-    return rendered.local_src
+    """The offline HTML of a circuitsvis view (``circuitsvis.tokens.colored_tokens(...)`` etc.).
+
+    circuitsvis writes its mount point as ``<div id=... />``; HTML has no self-closing ``div``, so a browser opens a
+    div there that swallows everything after it, and the view's render then wipes that content. We close it.
+    """
+    return _SELF_CLOSED_MOUNT.sub(r"<div \1></div>", rendered.local_src, count=1)
+
+
+_SELF_CLOSED_MOUNT = re.compile(r"<div (id=\"circuits-vis-[^\"]*\"[^>]*?)\s*/>")

@@ -1,0 +1,247 @@
+"""Which heads write a linear target, from which source tokens: the direct-effect decomposition of the residual stream.
+
+The residual stream at the read point is the embedding plus every block's attention and MLP output. Projected on the
+target's direction (a probe's, or a token's unembedding column through the final normalisation frozen at its value
+on this input, as TransformerLens' ``ActivationCache.apply_ln_to_stack`` does), these parts sum to the target. Each
+head's part is split further by source token: attention pattern × value × ``W_O``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import einops
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from lens_pivotal.attributions.targets import Target, TargetSpec, resolve_target
+from lens_pivotal.indices import resolve_index
+from lens_pivotal.model import EMBEDDING_HOOK, block_of
+from lens_pivotal.tokens import TextOrIds, Tokenization, token_ids
+from lens_pivotal.viz.html import HTMLView
+
+CONSISTENCY_TOLERANCE = 1e-3  # relative: per-source parts must add up to TransformerLens' own head results
+
+
+@dataclass
+class HeadAttribution:
+    """Direct contributions to ``target_value`` (a linear target, normalisation frozen) at ``position``.
+
+    ``heads[l, h, s]`` is head ``h`` of block ``l`` writing from source token ``s``; ``attention_bias[l]`` and
+    ``mlp[l]`` are block ``l``'s attention output bias and MLP; ``embedding`` the token (and position) embedding;
+    ``constant`` the target's own offset (the unembedding bias, the probe's bias). They sum to ``target_value``.
+    ``patterns[l, h, s]`` is the attention of ``position`` to ``s``; ``top_patterns`` the whole patterns of the
+    heads in ``top_pattern_heads``.
+    """
+
+    tokens: list[str]
+    token_ids: list[int]
+    position: int
+    target_label: str
+    target_value: float
+    heads: Float[Tensor, "n_blocks n_heads n_source"]
+    attention_bias: Float[Tensor, " n_blocks"]
+    mlp: Float[Tensor, " n_blocks"]
+    embedding: float
+    constant: float
+    patterns: Float[Tensor, "n_blocks n_heads n_source"]
+    top_patterns: Float[Tensor, "n_top n_source n_source"]
+    top_pattern_heads: list[tuple[int, int]]
+
+    @property
+    def head_totals(self) -> Float[Tensor, "n_blocks n_heads"]:
+        """Each head's whole direct contribution."""
+        return self.heads.sum(dim=-1)
+
+    @property
+    def source_totals(self) -> Float[Tensor, " n_source"]:
+        """What all heads together carry from each source token."""
+        return self.heads.sum(dim=(0, 1))
+
+    @property
+    def total(self) -> float:
+        """The sum of every part: ``target_value`` up to float rounding."""
+        parts = (self.heads.sum(), self.attention_bias.sum(), self.mlp.sum())
+        return float(sum(float(part) for part in parts) + self.embedding + self.constant)
+
+    def top_heads(self, k: int = 5) -> list[tuple[int, int, float]]:
+        """The ``k`` heads with the largest ``|contribution|``: ``(block, head, contribution)``, largest first."""
+        totals = self.head_totals
+        order = totals.flatten().abs().argsort(descending=True)[: min(k, totals.numel())]
+        n_heads = totals.shape[1]
+        return [(int(index) // n_heads, int(index) % n_heads, float(totals.flatten()[index])) for index in order]
+
+    def view(self, k: int = 6) -> HTMLView:
+        """The top ``k`` heads' attention patterns (circuitsvis) beside their per-source-token contributions."""
+        from lens_pivotal.attributions.views import head_attribution_view
+
+        return head_attribution_view(self, k)
+
+
+def head_attributions(
+    model: Any,
+    text: TextOrIds,
+    *,
+    target: TargetSpec,
+    position: int = -1,
+    layer: int | None = None,
+    keep_patterns: int = 8,
+    tokenization: Tokenization = "tokenizer",
+    add_special_tokens: bool = True,
+) -> HeadAttribution:
+    """Decompose a linear ``target`` at ``position`` into the embedding, every head by source token, and every MLP.
+
+    Args:
+        model: a TransformerLens model (:func:`lens_pivotal.load_model`).
+        text: a string (the package's tokenization rule) or token ids.
+        target: a token (its logit, through the final norm or, with ``layer``, the logit lens at that block; ``None``
+            for the top-1 token), a :class:`~lens_pivotal.LayerProbes` (its logit at probed layer ``layer``), or
+            ``(hook_name, direction)`` at a ``hook_resid_pre`` / ``hook_resid_post`` hook.
+        position: the token position the target is read at; negatives count from the end.
+        layer: as in :func:`lens_pivotal.attributions.attribute_tokens`.
+        keep_patterns: how many of the strongest heads keep their whole attention pattern (for the view).
+
+    Raises:
+        ValueError: a target that is not linear in the residual stream (another hook), or a bad target.
+        IndexError: ``position`` outside the text.
+    """
+    ids = token_ids(model, text, tokenization=tokenization, add_special_tokens=add_special_tokens)
+    position = resolve_index(position, len(ids), f"position {position!r}", f": the text has {len(ids)} tokens")
+    ids = ids[: position + 1]
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(ids.unsqueeze(0))
+        target_obj = resolve_target(model, target, layer, lambda: int(logits[0, -1].argmax()))
+        reading = _Reading.of(model, target_obj, cache, logits)
+        parts = _Decomposition(model, cache, reading)
+        heads, mlp, bias, embedding = parts.per_source_heads(), parts.mlps(), parts.attention_bias(), parts.embedding()
+        _check_consistency(heads.sum(dim=-1), parts.head_totals())
+    patterns = torch.stack([cache[f"blocks.{block}.attn.hook_pattern"][0, :, -1] for block in range(reading.blocks)])
+    result = HeadAttribution(
+        tokens=[model.tokenizer.decode([token]) for token in ids.tolist()], token_ids=ids.tolist(), position=position,
+        target_label=reading.label, target_value=reading.value, heads=heads, attention_bias=bias, mlp=mlp,
+        embedding=embedding, constant=reading.constant, patterns=patterns.float().cpu(),
+        top_patterns=torch.empty(0, position + 1, position + 1), top_pattern_heads=[],
+    )  # fmt: skip
+    result.top_pattern_heads = [(block, head) for block, head, _ in result.top_heads(keep_patterns)]
+    if result.top_pattern_heads:
+        result.top_patterns = torch.stack(
+            [cache[f"blocks.{block}.attn.hook_pattern"][0, head].float().cpu() for block, head in result.top_pattern_heads]
+        )
+    return result
+
+
+@dataclass
+class _Reading:
+    """Where and how a linear target reads the residual stream: after ``blocks`` blocks, through ``ln_layer``'s frozen
+    normalisation (``None``: none), along ``direction`` plus ``constant``; ``value`` is the target itself."""
+
+    label: str
+    blocks: int
+    ln_layer: int | None
+    normalised: bool
+    direction: Tensor
+    constant: float
+    value: float
+
+    @classmethod
+    def of(cls, model: Any, target: Target, cache: Any, logits: Tensor) -> _Reading:
+        n_blocks = model.cfg.n_layers
+        if target.token_id is not None:
+            blocks = n_blocks if target.hook_name is None else block_of(target.hook_name) + 1
+            if target.hook_name is None:
+                value = logits[0, -1, target.token_id]
+            else:
+                value = model.unembed(model.ln_final(cache[target.hook_name][:, -1:]))[0, -1, target.token_id]
+            label = target.label.replace("log P(", "logit(", 1)
+            direction, constant = model.W_U[:, target.token_id], float(model.b_U[target.token_id])
+            return cls(label, blocks, None if blocks == n_blocks else blocks, True, direction, constant, float(value))
+        if target.direction is None or target.hook_name is None:
+            raise ValueError(
+                f"head_attributions needs a target linear in the residual stream; {target.label} is not (use a "
+                "hook_resid_pre or hook_resid_post hook)"
+            )
+        blocks = _blocks_before(target.hook_name)
+        value = float(target(cache[target.hook_name][:, -1]).squeeze(0))
+        return cls(target.label, blocks, None, False, target.direction, target.offset, value)
+
+
+def _blocks_before(hook_name: str) -> int:
+    """How many blocks' outputs the residual stream at ``hook_name`` holds."""
+    block = block_of(hook_name)
+    if block is not None:
+        return block + 1
+    if hook_name == EMBEDDING_HOOK:
+        return 0
+    return int(hook_name.split(".")[1])  # blocks.{l}.hook_resid_pre
+
+
+class _Decomposition:
+    """The residual stream's parts at the last position, projected on the reading's direction."""
+
+    def __init__(self, model: Any, cache: Any, reading: _Reading) -> None:
+        self.model, self.cache, self.reading = model, cache, reading
+
+    def project(self, stack: Float[Tensor, "n_parts 1 d_model"]) -> Float[Tensor, " n_parts"]:
+        """Each part's contribution: normalisation frozen (if the target reads through one), then the direction."""
+        if self.reading.normalised:
+            stack = self.cache.apply_ln_to_stack(stack, layer=self.reading.ln_layer, pos_slice=-1)
+        return (stack[:, 0].double() @ self.reading.direction.to(stack.device).double()).cpu()
+
+    def _resid_parts(self) -> tuple[Tensor, list[str]]:
+        return self.cache.decompose_resid(layer=self.reading.blocks, mode="all", pos_slice=-1, return_labels=True)
+
+    def embedding(self) -> float:
+        stack, labels = self._resid_parts()
+        kept = [index for index, label in enumerate(labels) if label in ("embed", "pos_embed")]
+        return float(self.project(stack[kept]).sum())
+
+    def mlps(self) -> Float[Tensor, " n_blocks"]:
+        stack, labels = self._resid_parts()
+        kept = [index for index, label in enumerate(labels) if label.endswith("_mlp_out")]
+        return self.project(stack[kept]) if kept else torch.zeros(0, dtype=torch.float64)
+
+    def head_totals(self) -> Float[Tensor, "n_blocks n_heads"]:
+        """Each head's direct contribution from TransformerLens' ``stack_head_results``."""
+        n_heads = self.model.cfg.n_heads
+        if self.reading.blocks == 0:
+            return torch.zeros(0, n_heads, dtype=torch.float64)
+        stack = self.cache.stack_head_results(layer=self.reading.blocks, pos_slice=-1)
+        return self.project(stack).view(self.reading.blocks, n_heads)
+
+    def per_source_heads(self) -> Float[Tensor, "n_blocks n_heads n_source"]:
+        """pattern × value × ``W_O`` per head and source token, projected."""
+        n_heads, n_source = self.model.cfg.n_heads, self.cache["hook_embed"].shape[1]
+        result = torch.zeros(self.reading.blocks, n_heads, n_source, dtype=torch.float64)
+        for block in range(self.reading.blocks):
+            pattern = self.cache[f"blocks.{block}.attn.hook_pattern"][0, :, -1]
+            values = self.cache[f"blocks.{block}.attn.hook_v"][0]
+            values = values.repeat_interleave(n_heads // values.shape[1], dim=1)  # grouped-query attention
+            written = einops.einsum(
+                pattern, values, self.model.W_O[block], "head source, source head d_head, head d_head d_model -> head source d_model"
+            )
+            result[block] = self.project(written.reshape(n_heads * n_source, 1, -1)).view(n_heads, n_source)
+        return result
+
+    def attention_bias(self) -> Float[Tensor, " n_blocks"]:
+        biases = []
+        for block in range(self.reading.blocks):
+            bias = getattr(self.model.blocks[block].attn, "b_O", None)
+            biases.append(torch.zeros(self.model.cfg.d_model) if bias is None else bias.detach().float().cpu())
+        if not biases:
+            return torch.zeros(0, dtype=torch.float64)
+        device = self.cache["hook_embed"].device
+        return self.project(torch.stack(biases).unsqueeze(1).to(device))
+
+
+def _check_consistency(per_source: Tensor, totals: Tensor) -> None:
+    """The per-source split must add up to TransformerLens' own head results; if a new version changes what
+    ``hook_pattern`` / ``hook_v`` / ``W_O`` hold, say so instead of returning wrong parts."""
+    scale = max(float(totals.abs().max()) if totals.numel() else 0.0, 1.0)
+    error = float((per_source - totals).abs().max()) if totals.numel() else 0.0
+    if error > CONSISTENCY_TOLERANCE * scale:
+        raise RuntimeError(
+            f"pattern × value × W_O per source token differs from TransformerLens' stack_head_results by {error:.3g}: "
+            "the installed TransformerLens stores attention differently than lens_pivotal expects"
+        )
