@@ -1,15 +1,17 @@
 """lens_pivotal: a TransformerLens plugin for residual caching, pivotal-token probes, PatchScope and PTS.
 
-Data flows ``model → cache → probes / patchscope → views``::
+Data flows ``model → resid → probes / patchscope / attributions → views``::
 
     import lens_pivotal as lp
     model = lp.load_model("Qwen/Qwen3-0.6B")              # a TransformerLens model
     acts = lp.cache_resid_post(model, texts, positions)  # [n_layers, n_rows, d_model]
     examples = lp.probe_examples(model, lp.load_pts("pts.jsonl"))
     probes = lp.train_probes(examples.cache(model), examples.labels, groups=examples.groups, model=model)
+    lp.attribute_tokens(model, text, target=probes, layer=probes.best_layer).view()  # which tokens drive the probe
 """
 
-from lens_pivotal import patchscope, probes, pts, resid, tokens, viz
+from lens_pivotal import attributions, patchscope, probes, pts, resid, tokens, viz
+from lens_pivotal.attributions import HeadAttribution, TokenAttribution, attribute_tokens, head_attributions
 from lens_pivotal.embedded import embedded_model
 from lens_pivotal.kv_cache import KVCacheError
 from lens_pivotal.lenses import AffineMap, logit_lens
@@ -29,18 +31,23 @@ from lens_pivotal.viz import save_figure
 
 __all__ = [
     "AffineMap",
+    "HeadAttribution",
     "IDENTITY_PROMPT",
     "KVCacheError",
     "LayerProbes",
     "Patchscope",
     "ResidStore",
+    "TokenAttribution",
     "UnsupportedArchitectureError",
     "attribute_extraction",
+    "attribute_tokens",
+    "attributions",
     "cache_resid_post",
     "embedded_model",
     "entity_description",
     "generate_with_scores",
     "group_split",
+    "head_attributions",
     "load_model",
     "load_pts",
     "logit_lens",

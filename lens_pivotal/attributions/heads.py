@@ -97,7 +97,8 @@ def head_attributions(
         model: a TransformerLens model (:func:`lens_pivotal.load_model`).
         text: a string (the package's tokenization rule) or token ids.
         target: a token (its logit, through the final norm or, with ``layer``, the logit lens at that block; ``None``
-            for the top-1 token), a :class:`~lens_pivotal.LayerProbes` (its logit at probed layer ``layer``), or
+            for the top-1 token; in compatibility mode the unembedding is centred over the vocabulary, so this logit
+            is Hugging Face's minus the mean logit at that position: differences between tokens are unchanged), a :class:`~lens_pivotal.LayerProbes` (its logit at probed layer ``layer``), or
             ``(hook_name, direction)`` at a ``hook_resid_pre`` / ``hook_resid_post`` hook.
         position: the token position the target is read at; negatives count from the end.
         layer: as in :func:`lens_pivotal.attributions.attribute_tokens`.

@@ -1,5 +1,5 @@
 """The ``lens-pivotal`` command line: the main parser, ``demo`` and ``cache``; each subpackage registers its own
-commands (``patchscope``, ``pts``, ``probe``)."""
+commands (``patchscope``, ``pts``, ``probe``, ``attribute``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from lens_pivotal._io import jsonl_lines
+from lens_pivotal.attributions.cli import register as register_attributions
 from lens_pivotal.cli.arguments import EMBEDDED, add_model_arguments, load_model_from_args, parse_ints
 from lens_pivotal.patchscope.cli import register as register_patchscope
 from lens_pivotal.probes.cli import register as register_probes
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_patchscope(commands)
     register_pts(commands)
     register_probes(commands)
+    register_attributions(commands)
     return parser
 
 

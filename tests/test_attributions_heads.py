@@ -1,0 +1,109 @@
+"""Head attributions: the parts sum to the target, the target equals the plain Hugging Face model's own value, and one
+head's direct effect equals its slice of ``o_proj`` in plain Hugging Face."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lens_pivotal as lp
+
+from conftest import FAMILIES, hf_token_ids
+from test_attributions_token_attribution import random_probes
+
+ARCHS = [pytest.param(arch, marks=pytest.mark.slow) if arch == "embedded" else arch for arch in FAMILIES]
+TEXT = "Sam has 12 apples and buys 7 more, so now Sam has"
+POSITION = 8
+
+
+def hf_hidden(reference, ids):
+    with torch.no_grad():
+        return reference(ids, output_hidden_states=True)
+
+
+def assert_parts_sum(attribution):
+    scale = max(1.0, abs(attribution.target_value))
+    assert attribution.total == pytest.approx(attribution.target_value, abs=2e-5 * scale)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_token_logit_parts_sum_to_the_hf_logit(family_models, arch):
+    model, reference = family_models(arch)
+    ids = hf_token_ids(reference, TEXT)
+    token = int(ids[0, POSITION + 1])
+    attribution = lp.head_attributions(model, TEXT, target=token, position=POSITION)
+    logits = hf_hidden(reference, ids).logits[0, POSITION]
+    expected = float(logits[token] - logits.mean())  # compatibility mode centres the unembedding over the vocabulary
+    assert attribution.target_value == pytest.approx(expected, abs=1e-4 * max(1.0, abs(expected)))
+    assert_parts_sum(attribution)
+    n_blocks, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    assert attribution.heads.shape == (n_blocks, n_heads, POSITION + 1) and attribution.mlp.shape == (n_blocks,)
+    assert attribution.target_label.startswith("logit(")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_probe_and_direction_parts_sum_to_the_target(family_models, arch):
+    model, reference = family_models(arch)
+    probes = random_probes(model, seed=3)
+    ids = hf_token_ids(reference, TEXT)
+    probe = lp.head_attributions(model, TEXT, target=probes, layer=1, position=POSITION)
+    hidden = hf_hidden(reference, ids).hidden_states[2][0, POSITION]
+    probability = probes.predict_proba(hidden.expand(probes.n_layers, 1, -1))[1, 0].double()
+    assert probe.target_value == pytest.approx(float(torch.logit(probability)), abs=1e-3)
+    assert_parts_sum(probe)
+    assert probe.heads.shape[0] == 2  # blocks 0 and 1 write the residual stream probe 1 reads
+    direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(2))
+    projected = lp.head_attributions(model, TEXT, target=("blocks.0.hook_resid_post", direction), position=POSITION)
+    assert projected.target_value == pytest.approx(float(hf_hidden(reference, ids).hidden_states[1][0, POSITION] @ direction), abs=1e-3)
+    assert_parts_sum(projected)
+
+
+def test_logit_lens_target_parts_sum_to_the_hf_logit_lens(family_models):
+    model, reference = family_models("qwen3")
+    ids = hf_token_ids(reference, TEXT)
+    attribution = lp.head_attributions(model, TEXT, target=77, layer=0, position=POSITION)
+    with torch.no_grad():
+        state = hf_hidden(reference, ids).hidden_states[1][:, POSITION]
+        logits = reference.lm_head(reference.model.norm(state))[0]
+        expected = float(logits[77] - logits.mean())
+    assert attribution.target_value == pytest.approx(expected, abs=1e-4)
+    assert_parts_sum(attribution)
+
+
+def test_one_heads_direct_effect_equals_its_o_proj_slice_in_hf(family_models):
+    model, reference = family_models("llama")
+    ids = hf_token_ids(reference, TEXT)
+    direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(4))
+    attribution = lp.head_attributions(model, TEXT, target=("blocks.1.hook_resid_post", direction), position=POSITION)
+    captured = {}
+    o_proj = reference.model.layers[1].self_attn.o_proj
+    handle = o_proj.register_forward_pre_hook(lambda module, inputs: captured.update(z=inputs[0]))
+    try:
+        hf_hidden(reference, ids)
+    finally:
+        handle.remove()
+    d_head = model.cfg.d_head
+    for head in range(model.cfg.n_heads):
+        part = slice(head * d_head, (head + 1) * d_head)
+        expected = captured["z"][0, POSITION, part] @ o_proj.weight[:, part].T.detach() @ direction
+        assert float(attribution.heads[1, head].sum()) == pytest.approx(float(expected), abs=1e-4)
+
+
+def test_top_heads_patterns_and_source_totals(family_models):
+    model, _ = family_models("qwen2")
+    attribution = lp.head_attributions(model, TEXT, target=None, position=POSITION, keep_patterns=3)
+    top = attribution.top_heads(4)
+    assert [abs(value) for *_, value in top] == sorted((abs(value) for *_, value in top), reverse=True)
+    assert top[0][2] == pytest.approx(float(attribution.head_totals[top[0][0], top[0][1]]))
+    assert attribution.top_pattern_heads == [(block, head) for block, head, _ in top[:3]]
+    assert attribution.top_patterns.shape == (3, POSITION + 1, POSITION + 1)
+    torch.testing.assert_close(attribution.patterns.sum(-1), torch.ones_like(attribution.patterns.sum(-1)))
+    torch.testing.assert_close(attribution.source_totals.sum(), attribution.heads.sum())
+
+
+def test_a_target_not_linear_in_the_residual_stream_is_refused(tiny_qwen3_model):
+    width = tiny_qwen3_model.cfg.d_head
+    with pytest.raises(ValueError, match="needs a target linear in the residual stream"):
+        lp.head_attributions(tiny_qwen3_model, TEXT, target=("blocks.0.attn.hook_z", torch.ones(width)))
+    with pytest.raises(IndexError, match="position 99 is out of range"):
+        lp.head_attributions(tiny_qwen3_model, TEXT, target=5, position=99)

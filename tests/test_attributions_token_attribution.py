@@ -1,0 +1,232 @@
+"""Token attributions against an independent computation: autograd, occlusion and integrated gradients written by hand
+on a plain Hugging Face model with the same weights (``inputs_embeds``, no TransformerLens, no captum)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import lens_pivotal as lp
+from lens_pivotal.probes import LayerProbes
+
+from conftest import FAMILIES, hf_token_ids
+
+ARCHS = [pytest.param(arch, marks=pytest.mark.slow) if arch == "embedded" else arch for arch in FAMILIES]
+TEXT = "Sam has 12 apples and buys 7 more, so now Sam has"
+POSITION = 6
+
+
+def random_probes(model, seed: int = 0) -> LayerProbes:
+    """Fitted probes with random weights and a non-trivial standardisation."""
+    probes = LayerProbes.from_model(model)
+    generator = torch.Generator().manual_seed(seed)
+    n, d = probes.n_layers, model.cfg.d_model
+    probes.weight, probes.bias = torch.randn(n, d, generator=generator), torch.randn(n, generator=generator)
+    probes.mean = 0.1 * torch.randn(n, d, generator=generator)
+    probes.scale = 0.5 + torch.rand(n, d, generator=generator)
+    probes.fitted = True
+    return probes
+
+
+def hf_log_prob(reference, ids, position, token):
+    """``f(embeddings) -> [batch]``: the next-token log-probability of ``token`` at ``position`` in plain HF."""
+    return lambda embeddings: reference(inputs_embeds=embeddings).logits[:, position].float().log_softmax(-1)[:, token]
+
+
+def hf_embeddings(reference, ids):
+    return reference.get_input_embeddings()(ids).detach()
+
+
+def hand_input_x_gradient(function, embeddings):
+    inputs = embeddings.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(function(inputs).sum(), inputs)
+    return (gradient * inputs).sum(-1)[0].detach()
+
+
+def hand_occlusion(function, embeddings, position):
+    with torch.no_grad():
+        value, scores = function(embeddings)[0], []
+        for token in range(position + 1):
+            occluded = embeddings.clone()
+            occluded[0, token] = 0
+            scores.append(float(value - function(occluded)[0]))
+    return torch.tensor(scores)
+
+
+def hand_integrated_gradients(function, embeddings, steps):
+    """Gauss-Legendre integrated gradients from the zero baseline, one point at a time."""
+    nodes, weights = np.polynomial.legendre.leggauss(steps)
+    total = torch.zeros_like(embeddings)
+    for node, weight in zip(nodes, weights):
+        point = (0.5 * (node + 1) * embeddings).requires_grad_(True)
+        (gradient,) = torch.autograd.grad(function(point).sum(), point)
+        total += 0.5 * weight * gradient
+    return (total * embeddings).sum(-1)[0]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", ["input_x_gradient", "occlusion"])
+def test_gradient_and_occlusion_equal_hand_written_hf(family_models, arch, method):
+    model, reference = family_models(arch)
+    ids = hf_token_ids(reference, TEXT)
+    token = int(ids[0, POSITION + 1])
+    attribution = lp.attribute_tokens(model, TEXT, target=token, position=POSITION, method=method)
+    function = hf_log_prob(reference, ids, POSITION, token)
+    embeddings = hf_embeddings(reference, ids)
+    if method == "input_x_gradient":
+        expected = hand_input_x_gradient(function, embeddings)[: POSITION + 1]
+    else:
+        expected = hand_occlusion(function, embeddings, POSITION)
+    assert attribution.token_ids == ids[0].tolist()
+    torch.testing.assert_close(attribution.scores[: POSITION + 1], expected.float(), atol=2e-4, rtol=1e-3)
+    assert torch.count_nonzero(attribution.scores[POSITION + 1 :]) == 0
+    assert attribution.target_value == pytest.approx(float(function(embeddings)[0]), abs=1e-4)
+
+
+def test_integrated_gradients_equal_hand_written_gauss_legendre(family_models):
+    model, reference = family_models("qwen3")
+    ids = hf_token_ids(reference, TEXT)
+    token = int(ids[0, POSITION + 1])
+    attribution = lp.attribute_tokens(model, TEXT, target=token, position=POSITION, steps=12, batch_size=5)
+    function = hf_log_prob(reference, ids, POSITION, token)
+    embeddings = hf_embeddings(reference, ids)
+    expected = hand_integrated_gradients(function, embeddings, 12)[: POSITION + 1]
+    torch.testing.assert_close(attribution.scores[: POSITION + 1], expected.float(), atol=2e-4, rtol=1e-3)
+    with torch.no_grad():
+        real, zero = float(function(embeddings)[0]), float(function(torch.zeros_like(embeddings))[0])
+    assert attribution.baseline_value == pytest.approx(zero, abs=1e-4)
+    assert attribution.convergence_delta == pytest.approx(float(expected.sum()) - (real - zero), abs=1e-3)
+
+
+def test_integrated_gradients_are_exact_for_a_target_linear_in_the_embeddings(family_models):
+    model, reference = family_models("llama")
+    direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(1))
+    attribution = lp.attribute_tokens(model, TEXT, target=(lp.model.EMBEDDING_HOOK, direction), position=POSITION, steps=2)
+    embeddings = hf_embeddings(reference, hf_token_ids(reference, TEXT))
+    expected = torch.zeros(len(attribution.tokens))
+    expected[POSITION] = embeddings[0, POSITION] @ direction
+    torch.testing.assert_close(attribution.scores, expected, atol=1e-4, rtol=1e-4)
+    assert abs(attribution.convergence_delta) < 1e-4 and attribution.baseline_value == 0
+
+
+@pytest.mark.slow
+def test_convergence_delta_is_truthful_shrinks_with_steps_and_warns_when_large(family_models):
+    model, reference = family_models("embedded")
+    text = "Tom has 3 apples and buys 4 more, so he has "
+    ids = hf_token_ids(reference, text)
+    function = hf_log_prob(reference, ids, -1, lp.attributions.targets.single_token_id(model, "7"))
+    embeddings = hf_embeddings(reference, ids)
+    with torch.no_grad():
+        change = float(function(embeddings)[0] - function(torch.zeros_like(embeddings))[0])
+    deltas = {}
+    for steps in (4, 64):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            attribution = lp.attribute_tokens(model, text, target="7", steps=steps, batch_size=16)
+        deltas[steps] = attribution.convergence_delta
+        assert attribution.convergence_delta == pytest.approx(float(attribution.scores.sum()) - change, abs=2e-3)
+        assert bool(caught) == (attribution.relative_delta > 0.1)
+    assert abs(deltas[64]) < abs(deltas[4])
+    assert abs(deltas[4]) > 0.1 * abs(change)  # four steps are not enough: the warning above fired
+
+
+def test_probe_target_reads_the_layer_as_predict_proba_does(family_models):
+    model, reference = family_models("qwen2")
+    probes = random_probes(model)
+    ids = hf_token_ids(reference, TEXT)
+    attribution = lp.attribute_tokens(model, TEXT, target=probes, layer=1, position=POSITION, method="input_x_gradient")
+    with torch.no_grad():
+        hidden = reference(ids, output_hidden_states=True).hidden_states[2][0, POSITION]
+    probability = probes.predict_proba(hidden.expand(probes.n_layers, 1, -1))[1, 0].double()
+    assert attribution.target_value == pytest.approx(float(torch.logit(probability)), abs=1e-4)
+    assert attribution.target_label == "probe logit, layer 1"
+
+    def probe_logit(embeddings):  # the probe's arithmetic written out, on the plain HF model
+        state = reference(inputs_embeds=embeddings, output_hidden_states=True).hidden_states[2][:, POSITION]
+        return ((state - probes.mean[1]) / probes.scale[1]) @ probes.weight[1] + probes.bias[1]
+
+    expected = hand_input_x_gradient(probe_logit, hf_embeddings(reference, ids))[: POSITION + 1]
+    torch.testing.assert_close(attribution.scores[: POSITION + 1], expected, atol=2e-4, rtol=1e-3)
+
+
+def test_user_hooks_stay_active(family_models):
+    model, reference = family_models("qwen3")
+    ids = hf_token_ids(reference, TEXT)
+    token, head, d_head = int(ids[0, POSITION + 1]), 1, model.cfg.d_head
+
+    def ablate(z, hook):
+        z[:, :, head] = 0
+        return z
+
+    with model.hooks(fwd_hooks=[("blocks.0.attn.hook_z", ablate)]):
+        ablated = lp.attribute_tokens(model, TEXT, target=token, position=POSITION, method="input_x_gradient")
+    plain = lp.attribute_tokens(model, TEXT, target=token, position=POSITION, method="input_x_gradient")
+
+    def zero_head(module, inputs):
+        z = inputs[0].clone()
+        z[..., head * d_head : (head + 1) * d_head] = 0
+        return (z,)
+
+    handle = reference.model.layers[0].self_attn.o_proj.register_forward_pre_hook(zero_head)
+    try:
+        expected = hand_input_x_gradient(hf_log_prob(reference, ids, POSITION, token), hf_embeddings(reference, ids))
+    finally:
+        handle.remove()
+    torch.testing.assert_close(ablated.scores[: POSITION + 1], expected[: POSITION + 1], atol=2e-4, rtol=1e-3)
+    assert not torch.allclose(ablated.scores, plain.scores, atol=1e-4)
+    assert model.hook_dict["blocks.0.attn.hook_z"].fwd_hooks == []
+
+
+def test_fields_top_to_dict_and_top1_target(family_models):
+    model, reference = family_models("qwen3")
+    ids = hf_token_ids(reference, TEXT)
+    attribution = lp.attribute_tokens(model, ids[0], target=None, position=-3, method="occlusion", batch_size=3)
+    with torch.no_grad():
+        top1 = int(reference(ids).logits[0, -3].argmax())
+    assert attribution.position == ids.shape[1] - 3 and attribution.method == "occlusion"
+    assert attribution.target_label == f"log P({model.tokenizer.decode([top1])!r})"
+    assert attribution.tokens == [model.tokenizer.decode([token]) for token in ids[0].tolist()]
+    top = attribution.top(3)
+    assert [abs(score) for _, _, score in top] == sorted((abs(score) for _, _, score in top), reverse=True)
+    assert top[0][2] == pytest.approx(float(attribution.scores[top[0][0]]))
+    assert json.loads(json.dumps(attribution.to_dict()))["scores"] == pytest.approx(attribution.scores.tolist())
+    assert attribution.baseline_value is None and attribution.convergence_delta is None
+
+
+def test_token_baseline_replaces_every_token(family_models):
+    model, reference = family_models("llama")
+    ids = hf_token_ids(reference, TEXT)
+    token, baseline = int(ids[0, POSITION + 1]), 100
+    attribution = lp.attribute_tokens(model, TEXT, target=token, position=POSITION, baseline=baseline, steps=4)
+    baseline_embeddings = hf_embeddings(reference, torch.full_like(ids, baseline))
+    with torch.no_grad():
+        expected = float(hf_log_prob(reference, ids, POSITION, token)(baseline_embeddings)[0])
+    assert attribution.baseline_value == pytest.approx(expected, abs=1e-4) and attribution.baseline == "100"
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"position": 40}, IndexError, "position 40 is out of range: the text has"),
+        ({"target": " apples and"}, ValueError, "is 2 tokens"),
+        ({"target": 10**7}, IndexError, "outside the vocabulary"),
+        ({"target": "probes", "layer": 5}, IndexError, "layer 5 is out of range: these probes cover 3 layers"),
+        ({"target": ("blocks.1.hook_resid_post", torch.ones(7))}, ValueError, "direction has width 7"),
+        ({"target": ("blocks.9.hook_nothing", torch.ones(7))}, ValueError, "no hook 'blocks.9.hook_nothing'"),
+        ({"method": "saliency"}, ValueError, "method must be one of"),
+        ({"baseline": "pad"}, ValueError, "baseline must be 'zero' or a token id"),
+        ({"baseline": 10**7}, IndexError, "baseline token id"),
+        ({"steps": 0}, ValueError, "steps must be an int of at least 1"),
+        ({"target": 3.5}, TypeError, "target must be a token"),
+    ],
+)
+def test_bad_input_is_named(tiny_qwen3_model, kwargs, error, message):
+    if kwargs.get("target") == "probes":
+        kwargs["target"] = random_probes(tiny_qwen3_model)
+    arguments = {"target": 11, **kwargs}
+    with pytest.raises(error, match=message.replace("(", r"\(")):
+        lp.attribute_tokens(tiny_qwen3_model, TEXT, **arguments)
