@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from matplotlib.figure import Figure
 
@@ -25,3 +27,15 @@ def test_figures_and_pages_are_written_whole_or_not_at_all(tmp_path, monkeypatch
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
     page = HTMLView("<p>hi</p>", "t").save(tmp_path / "page.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "<title>t</title>" in page and "<p>hi</p>" in page
+
+
+def test_offline_html_closes_circuitsvis_mount_point_so_later_content_survives():
+    import circuitsvis.tokens
+
+    from lens_pivotal.viz import offline_html
+
+    rendered = circuitsvis.tokens.colored_tokens(["a", "b"], [0.1, 0.2])
+    assert re.search(r'<div id="circuits-vis-[^"]*"[^>]*/>', rendered.local_src)  # the upstream markup this mends
+    fragment = offline_html(rendered)
+    assert re.match(r'<div id="circuits-vis-[^"]*" style="margin: 15px 0;"></div>', fragment)
+    assert fragment.endswith(rendered.local_src[rendered.local_src.index("/>") + 2 :])
