@@ -18,6 +18,7 @@ last N tokens of the text (repeated from the start when N is longer), so every r
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -84,7 +85,7 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters()) - model.W_E.numel()
     flops_per_token_step = 4 * n_params
 
-    print(f"machine: {machine_description(device)}")
+    print(f"machine: {machine_description(device)}; load average {os.getloadavg()[0]:.2f} before timing")
     print(f"model: {args.model} ({model.cfg.n_layers} blocks, d_model {model.cfg.d_model}, "
           f"{n_params / 1e6:.1f}M non-embedding parameters), dtype {dtype}, date {today()}")
     print(f"target: log P({TARGET!r}) (token {int(target_ids[0])}) at the last position, zero baseline, "
@@ -111,7 +112,7 @@ def main() -> None:
         print()
         print(f"text: {n_tokens} tokens, ends {''.join(batched.tokens[-8:])!r}; target {batched.target_value:+.4f}, "
               f"baseline {batched.baseline_value:+.4f}")
-        print(f"max |batched - per step| score diff: {max_diff:.2e}")
+        print(f"max |batched - per step| score diff: {max_diff:.2e} (largest |score| {batched.scores.abs().max().item():.3g})")
         print(f"convergence delta: batched {batched.convergence_delta:+.4g} ({batched.relative_delta:.0%} of target - baseline), "
               f"per step {per_step.convergence_delta:+.4g} ({per_step.relative_delta:.0%})")
         print(f"batched ({args.steps} points per pass): {timings.median('batched'):.3f} s  {tps['batched']:,.0f} tok/s")
@@ -124,10 +125,10 @@ def main() -> None:
                   f"bf16 peak ({MEASURED_BF16_PEAK_FLOPS / 1e12:.0f} TFLOP/s)")
         rows.append((n_tokens, timings, ratio, tps, peak, max_diff, batched, per_step))
 
+    print(f"\nload average {os.getloadavg()[0]:.2f} after timing (1 minute; other jobs on the machine skew CPU numbers)")
     dtype_name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
     model_name = "embedded SmolLM2" if args.model == "embedded" else args.model
     peak_header = " % bf16 peak |" if device.type == "cuda" else ""
-    print()
     print("Markdown (header for a new table, then one row per text size):")
     print(f"| date | machine | model, dtype | text tokens × steps | batched | per step | ratio | batched tok/s | "
           f"per step tok/s |{peak_header} max abs score diff | convergence delta |")

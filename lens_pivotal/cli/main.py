@@ -35,6 +35,7 @@ def _read_inputs(path: Path, text_field: str, positions_field: str, default_posi
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from lens_pivotal.attributions.demo import attribution_demo
     from lens_pivotal.demo import run_demo
     from lens_pivotal.patchscope.demo import decoding_demo
     from lens_pivotal.probes.workflow import probe_demo
@@ -48,6 +49,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nPivotal-token probes on the shipped PTS dataset ({model.cfg.model_name})")
     print(probe_demo(model, probes_out, model_source=args.model))
     print(f"\nwrote the probes, metrics.json, plots and HTML views to {probes_out}/")
+    print("\nWhy is this token pivotal? Token attributions of the best layer's probe and of the pivot token")
+    print(attribution_demo(model, probes_out / "probes", args.out))
     return 0
 
 

@@ -114,7 +114,7 @@ def probe_examples(
         raise ValueError("rows is empty: no PTS rows to make probe examples from")
     builder = _ExampleBuilder(tokenizer, negatives_per_positive, random.Random(seed))
     for key, members in _rows_by_problem(rows).items():
-        builder.add_problem(_group_name(key), members)
+        builder.add_problem(group_name(key), members)
     return builder.finish()
 
 
@@ -169,7 +169,8 @@ def _rows_by_problem(rows: list[PivotalToken]) -> dict[tuple[str, str], list[tup
     return grouped
 
 
-def _group_name(key: tuple[str, str]) -> str:
+def group_name(key: tuple[str, str]) -> str:
+    """The group (problem) name of a row's ``group_key``, as in ``ProbeExamples.groups`` and ``heldout_groups``."""
     dataset, item = key
     return f"{dataset}#{item}" if dataset else item
 
