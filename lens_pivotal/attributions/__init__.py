@@ -8,6 +8,7 @@ token's probability, with captum and TransformerLens' ``ActivationCache`` helper
 """
 
 from lens_pivotal.attributions.heads import HeadAttribution, head_attributions
+from lens_pivotal.attributions.plots import plot_head_attributions, plot_token_attributions
 from lens_pivotal.attributions.pivots import PivotExplanation, explain_pivots, pivots_view
 from lens_pivotal.attributions.token_attribution import TokenAttribution, attribute_tokens, compare_methods
 from lens_pivotal.attributions.views import attributions_view
@@ -22,4 +23,6 @@ __all__ = [
     "explain_pivots",
     "head_attributions",
     "pivots_view",
+    "plot_head_attributions",
+    "plot_token_attributions",
 ]
