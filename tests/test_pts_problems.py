@@ -8,6 +8,7 @@ import re
 import pytest
 
 from lens_pivotal.pts.problems import (
+    MULTISTEP_DATASET_ID,
     ArithmeticConfig,
     ProblemFileError,
     arithmetic_problems,
@@ -66,6 +67,17 @@ def evaluate(question: str) -> int:
         else:
             total += operand
     return total
+
+
+def test_multistep_problems_draw_their_operation_count_and_carry_their_own_dataset_id():
+    config = ArithmeticConfig(n_problems=40, n_operations=2, max_operations=3, operations=("+", "-"), seed=1,
+                              dataset_id=MULTISTEP_DATASET_ID)
+    problems = arithmetic_problems(config)
+    assert {problem.question.count(".") - 1 for problem in problems} == {2, 3}
+    assert all(int(problem.answer) == evaluate(problem.question) for problem in problems)
+    assert {problem.dataset_id for problem in problems} == {MULTISTEP_DATASET_ID}
+    with pytest.raises(ValueError, match="max_operations"):
+        ArithmeticConfig(n_operations=3, max_operations=2)
 
 
 def test_arithmetic_problems_are_seeded_exact_and_prefix_stable():

@@ -43,6 +43,9 @@ def _add_search(commands: argparse._SubParsersAction) -> None:
     group.add_argument("--n-problems", type=int, default=None,
                        help="how many problems (default: 100 generated; all of gsm8k or of a JSONL file)")
     group.add_argument("--n-operations", type=int, default=1, help="operations per problem (default: 1)")
+    group.add_argument("--max-operations", type=int, default=None,
+                       help="draw each problem's operation count from N-OPERATIONS..this (default: exactly N-OPERATIONS)")
+    group.add_argument("--dataset-id", default=None, help="dataset_id of the problems (default: lens_pivotal/arithmetic)")
     group.add_argument("--operand-range", default="2,20", help="LOW,HIGH inclusive (default: 2,20)")
     group.add_argument("--operations", default="+-*", help="any of + - * (default: +-*)")
     group.add_argument("--problem-seed", type=int, default=0, help="generator seed (default: 0)")
@@ -80,7 +83,8 @@ def _problems(args: argparse.Namespace) -> list[Any]:
     if args.problems == "arithmetic":
         config = problems.ArithmeticConfig(
             n_problems=args.n_problems or 100, n_operations=args.n_operations, operand_range=_operand_range(args.operand_range),
-            operations=tuple(args.operations), seed=args.problem_seed,
+            operations=tuple(args.operations), seed=args.problem_seed, max_operations=args.max_operations,
+            dataset_id=args.dataset_id or problems.ARITHMETIC_DATASET_ID,
         )
         return problems.arithmetic_problems(config)
     if args.problems == "gsm8k":

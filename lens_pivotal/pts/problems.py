@@ -17,6 +17,7 @@ from typing import Callable
 from lens_pivotal._io import JsonLine, jsonl_lines
 
 ARITHMETIC_DATASET_ID = "lens_pivotal/arithmetic"
+MULTISTEP_DATASET_ID = "lens_pivotal/multistep_arithmetic"
 GSM8K_DATASET_ID = "openai/gsm8k"
 
 Oracle = Callable[[str, str], bool]
@@ -56,19 +57,24 @@ class ArithmeticConfig:
         n_problems: how many problems to generate.
         n_operations: operations applied after the starting amount (more = harder).
         operand_range: inclusive range of every number in the problem.
+        max_operations: with it, each problem draws its operation count from ``n_operations..max_operations``.
         operations: which of ``+``, ``-``, ``*`` may appear; ``-`` is only used when the total stays >= 0.
         templates: sentence templates per operation (``{name}``, ``{n}``, ``{item}``).
         seed: the generator's seed; the same config always yields the same problems.
+        dataset_id: the problems' ``dataset_id`` (e.g. ``MULTISTEP_DATASET_ID``, so two families never share a
+            problem name).
     """
 
     n_problems: int = 100
     n_operations: int = 2
+    max_operations: int | None = None
     operand_range: tuple[int, int] = (2, 20)
     operations: tuple[str, ...] = ("+", "-", "*")
     templates: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
     names: tuple[str, ...] = DEFAULT_NAMES
     items: tuple[str, ...] = DEFAULT_ITEMS
     seed: int = 0
+    dataset_id: str = ARITHMETIC_DATASET_ID
 
     def __post_init__(self) -> None:
         low, high = self.operand_range
@@ -79,6 +85,8 @@ class ArithmeticConfig:
             raise ValueError(f"operations must be a non-empty subset of {sorted(self.templates)}, got {self.operations}")
         if self.n_operations < 1 or self.n_problems < 0:
             raise ValueError("n_operations must be >= 1 and n_problems >= 0")
+        if self.max_operations is not None and self.max_operations < self.n_operations:
+            raise ValueError(f"max_operations ({self.max_operations}) must be at least n_operations ({self.n_operations})")
 
 
 def _arithmetic_problem(config: ArithmeticConfig, rng: random.Random, index: int) -> Problem:
@@ -86,14 +94,17 @@ def _arithmetic_problem(config: ArithmeticConfig, rng: random.Random, index: int
     name, item = rng.choice(config.names), rng.choice(config.items)
     total = rng.randint(low, high)
     sentences = [f"{name} has {total} {item}."]
-    for _ in range(config.n_operations):
+    n_operations = config.n_operations
+    if config.max_operations is not None:
+        n_operations = rng.randint(config.n_operations, config.max_operations)
+    for _ in range(n_operations):
         operand = rng.randint(low, high)
         allowed = [op for op in config.operations if op != "-" or operand <= total] or ["+"]
         operation = rng.choice(allowed)
         total = {"+": total + operand, "-": total - operand, "*": total * operand}[operation]
         sentences.append(rng.choice(config.templates[operation]).format(name=name, n=operand, item=item))
     sentences.append(f"How many {item} does {name} have now?")
-    return Problem(" ".join(sentences), str(total), str(index), ARITHMETIC_DATASET_ID, "arithmetic")
+    return Problem(" ".join(sentences), str(total), str(index), config.dataset_id, "arithmetic")
 
 
 def arithmetic_problems(config: ArithmeticConfig | None = None) -> list[Problem]:

@@ -70,5 +70,13 @@ ARITHMETIC_ONE_SHOT = PromptFormat(
 )
 """One worked example that makes small instruct models answer briefly: the calculation, then "The answer is N."."""
 
-PROMPT_PRESETS: dict[str, PromptFormat] = {"plain": PromptFormat(), "arithmetic-one-shot": ARITHMETIC_ONE_SHOT}
+MULTISTEP_ONE_SHOT = PromptFormat(
+    examples=(("Lily has 12 shells. Lily finds 7 more shells. Lily gives away 5 shells. How many shells does Lily have now?",
+               "12 + 7 = 19. 19 - 5 = 14. The answer is 14."),),
+)
+"""One worked two-step example: each intermediate result written out, then "The answer is N."."""
+
+PROMPT_PRESETS: dict[str, PromptFormat] = {
+    "plain": PromptFormat(), "arithmetic-one-shot": ARITHMETIC_ONE_SHOT, "multistep-one-shot": MULTISTEP_ONE_SHOT
+}
 """Named prompt formats (the CLI's ``--prompt``)."""
