@@ -12,6 +12,7 @@ last N tokens of the text (repeated from the start when N is longer), so every r
 
     python benchmarks/bench_attribution.py                                    # embedded SmolLM2, CPU, the whole text
     python benchmarks/bench_attribution.py --text-tokens 16 32 --repeats 3    # two shorter rows
+    OMP_NUM_THREADS=1 python benchmarks/bench_attribution.py --text-tokens 8 16   # a CPU shared with other jobs
     python benchmarks/bench_attribution.py --device cuda --dtype bfloat16 --text-tokens 62 256 --repeats 5
 """
 
