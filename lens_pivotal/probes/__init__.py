@@ -19,10 +19,12 @@ from lens_pivotal.probes.metrics import LayerMetrics, heldout_metrics
 from lens_pivotal.probes.plots import plot_layer_metrics, plot_projection
 from lens_pivotal.probes.scoring import GeneratedScores, TokenScores, generate_with_scores
 from lens_pivotal.probes.views import generated_view, token_scores_view
-from lens_pivotal.probes.workflow import format_layer_table
+from lens_pivotal.probes.baselines import BASELINES
+from lens_pivotal.probes.workflow import format_baseline_table, format_layer_table
 
 __all__ = [
     "ADAM_PROBE_SETTINGS",
+    "BASELINES",
     "GeneratedScores",
     "LayerMetrics",
     "LayerProbes",
@@ -31,6 +33,7 @@ __all__ = [
     "ProbeSettings",
     "TokenScores",
     "evaluate_probes",
+    "format_baseline_table",
     "format_layer_table",
     "generate_with_scores",
     "generated_view",

@@ -49,6 +49,7 @@ class ProbeExamples:
     mismatches: list[str] = field(default_factory=list)
     query_not_found: int = 0
     repeated_positives: int = 0
+    answer_starts: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -80,6 +81,18 @@ class ProbeExamples:
             per_text[text].append(position)
         acts = cache_resid_post(model, self.token_ids, per_text, **{"share_prefixes": True, **cache_kwargs})
         return acts.load() if hasattr(acts, "load") else acts
+
+    def baselines(
+        self, model: Any, final_resid: Float[Tensor, "n_examples d_model"] | None = None, **cache_kwargs: Any
+    ) -> dict[str, Tensor]:
+        """What a sceptical reviewer tries before a probe, one score per example: ``entropy`` (nats) and
+        ``top1_prob`` of the model's own next-token distribution, ``position`` (relative, in the answer) and
+        ``token`` (the current token's id; :func:`~lens_pivotal.probes.train_probes` fits its score on the training
+        problems); see :mod:`lens_pivotal.probes.baselines`. Pass ``final_resid`` (the last block's rows of
+        :meth:`cache`, e.g. ``acts[-1]``) to read the logits from that pass instead of running the model again."""
+        from lens_pivotal.probes.baselines import example_baselines
+
+        return example_baselines(model, self, final_resid, **cache_kwargs)
 
 
 def probe_examples(
@@ -290,6 +303,7 @@ class _ExampleBuilder:
             [], [], [], [], [], [], [], self.mismatches, self.query_not_found, self.repeated_positives
         )
         for text_number, text in enumerate(self.texts):
+            examples.answer_starts.append(text.answer_start)
             labelled = {position: (1, row) for position, row in text.positives.items()}
             labelled.update({position: (0, None) for position in text.negatives})
             examples.token_ids.append(text.ids)

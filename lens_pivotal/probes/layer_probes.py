@@ -25,7 +25,8 @@ from lens_pivotal._io import atomic_dir
 from lens_pivotal.indices import resolve_index
 from lens_pivotal.model import EMBEDDING_HOOK, block_of
 from lens_pivotal.probes.examples import group_folds, group_split
-from lens_pivotal.probes.metrics import LayerMetrics, auroc, heldout_metrics
+from lens_pivotal.probes.baselines import check_baselines, fit_baselines
+from lens_pivotal.probes.metrics import LayerMetrics, auroc, group_bootstrap_weights, heldout_metrics
 from lens_pivotal.probes.scoring import LayerChoice, ProbeRecorder, TokenScores, recording, score_text
 from lens_pivotal.probes.training import Heads, balanced_weights, fit_adam, fit_lbfgs, head_losses
 from lens_pivotal.resid.cache import Layout, resolve_layers
@@ -119,6 +120,8 @@ class ProbeConfig:
     n_train: int = 0
     n_heldout: int = 0
     heldout_groups: list[str] = field(default_factory=list)
+    baseline_metrics: dict[str, dict[str, float]] | None = None
+    versus_best_baseline: dict[str, Any] | None = None
     model_source: str = ""
     format: str = FORMAT
 
@@ -219,6 +222,20 @@ class LayerProbes:
         self._require_evaluated()
         settings = self.config.settings
         return LayerMetrics.from_dict(self.config.metrics, settings.n_bootstrap, 0.95)
+
+    @property
+    def baseline_metrics(self) -> dict[str, dict[str, float]]:
+        """Held-out metrics of each baseline given to :func:`train_probes` (``{}`` without any), scored on the same
+        held-out problems as the probes: ``baseline_metrics["entropy"]["auroc"]``, ``["auroc_low"]``,
+        ``["auroc_high"]``, and the same for every other metric (see :mod:`lens_pivotal.probes.baselines`)."""
+        return self.config.baseline_metrics or {}
+
+    @property
+    def versus_best_baseline(self) -> dict[str, Any] | None:
+        """Per layer, probe AUROC minus the best baseline's (the one with the highest held-out AUROC, which favours
+        the baselines) with a paired bootstrap interval over the same resampled problems: ``{"baseline", "value",
+        "low", "high"}``; ``None`` without baselines."""
+        return self.config.versus_best_baseline
 
     @property
     def selectivity(self) -> Float[Tensor, " n_layers"]:
@@ -515,6 +532,7 @@ def train_probes(
     layers: Sequence[int] | None = None,
     embeddings: bool = False,
     settings: ProbeSettings | None = None,
+    baselines: dict[str, Tensor] | None = None,
 ) -> LayerProbes:
     """Train one probe per layer of ``acts`` (all layers at once) and evaluate them on held-out groups.
 
@@ -527,6 +545,9 @@ def train_probes(
             the config (model name, shape, hook names) so that :meth:`LayerProbes.load` can catch a mismatch.
         settings: how to train and evaluate, e.g. ``ProbeSettings(l2=1e-2, val_fraction=0.2)`` (default:
             ``ProbeSettings()``); ``ADAM_PROBE_SETTINGS`` reproduces the Algoverse probing project's probe.
+        baselines: per-row scores a probe must beat (``ProbeExamples.baselines(model)``: entropy, top-1
+            probability, position, token), each fitted and oriented on the training groups and scored on the held-out
+            ones like the probes (:attr:`LayerProbes.baseline_metrics`, :attr:`LayerProbes.versus_best_baseline`).
 
     Returns:
         :class:`LayerProbes` fitted on the training groups (:meth:`LayerProbes.fit`), with per-layer metrics on the
@@ -552,7 +573,52 @@ def train_probes(
     metrics = heldout_metrics(scores[:, 0], y_heldout, heldout_groups, n_bootstrap=chosen.n_bootstrap, seed=chosen.seed)
     control_auroc = auroc(scores[:, 1].double(), y_heldout.double(), torch.ones(1, len(heldout), dtype=torch.float64))[:, 0]
     probes._record_results(metrics, control_auroc, heldout_groups, len(train))
+    if baselines:
+        split = (torch.as_tensor(train), torch.as_tensor(heldout))
+        _evaluate_baselines(probes, baselines, y.cpu(), split, heldout_groups, scores[:, 0])
     return probes
+
+
+def _evaluate_baselines(
+    probes: LayerProbes,
+    baselines: dict[str, Tensor],
+    y: Tensor,
+    split: tuple[Tensor, Tensor],
+    held_groups: list[str],
+    probe_scores: Tensor,
+) -> None:
+    """Score each baseline on the held-out groups and compare the probes with the best one, paired over the same
+    bootstrap resamples of the held-out groups."""
+    settings, (train, heldout) = probes.config.settings, split
+    check_baselines(baselines, len(y))
+    probabilities = fit_baselines(
+        {name: values.cpu() for name, values in baselines.items()}, y, train, balanced=settings.class_weight == "balanced"
+    )[:, heldout]
+    y_held = y[heldout].double()
+    result = heldout_metrics(probabilities, y_held, held_groups, n_bootstrap=settings.n_bootstrap, seed=settings.seed)
+    names = list(baselines)
+    probes.config.baseline_metrics = {
+        name: {
+            **{metric: float(result.values[metric][index]) for metric in result.values},
+            **{f"{metric}_low": float(result.low[metric][index]) for metric in result.values},
+            **{f"{metric}_high": float(result.high[metric][index]) for metric in result.values},
+        }
+        for index, name in enumerate(names)
+    }
+    best = int(result.values["auroc"].argmax())
+    resampled = group_bootstrap_weights(held_groups, settings.n_bootstrap, settings.seed).double()
+    everything = torch.ones(1, len(y_held), dtype=torch.float64)
+    compared = torch.cat([probe_scores.double(), probabilities[best : best + 1].double()])
+    value = auroc(compared, y_held, everything)[:, 0]
+    draws = auroc(compared, y_held, resampled) if settings.n_bootstrap else torch.full((len(compared), 1), float("nan"))
+    difference = draws[:-1] - draws[-1:]
+    tail = 0.025
+    probes.config.versus_best_baseline = {
+        "baseline": names[best],
+        "value": (value[:-1] - value[-1]).tolist(),
+        "low": difference.nanquantile(tail, dim=-1).tolist(),
+        "high": difference.nanquantile(1 - tail, dim=-1).tolist(),
+    }
 
 
 def evaluate_probes(

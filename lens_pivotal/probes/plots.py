@@ -27,6 +27,9 @@ def plot_layer_metrics(probes: LayerProbes, metrics: Sequence[str] = ("auroc", "
         line = axis.plot(x, result.values[name].tolist(), marker="o", markersize=3, label=METRIC_NAMES.get(name, name))[0]
         axis.fill_between(x, result.low[name].tolist(), result.high[name].tolist(), color=line.get_color(), alpha=0.15)
     axis.plot(x, probes.config.control_auroc, linestyle="--", color="grey", label="AUROC, shuffled-label control")
+    for name, baseline in probes.baseline_metrics.items():
+        line = axis.axhline(baseline["auroc"], linestyle="-.", linewidth=1, label=f"AUROC, {name} baseline (no probe)")
+        axis.axhspan(baseline["auroc_low"], baseline["auroc_high"], color=line.get_color(), alpha=0.06)
     axis.axvline(probes.best_layer, color="black", alpha=0.4, linestyle=":", label=f"best layer ({probes.layer_labels[probes.best_layer]})")
     axis.set_xticks(x, probes.layer_labels, fontsize=7)
     axis.set(xlabel="layer (block)", ylabel="held-out score", ylim=(0, 1.02))

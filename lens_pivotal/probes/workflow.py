@@ -41,8 +41,10 @@ def train_on_pts(
     settings = settings or ProbeSettings()
     examples = probe_examples(model, rows, negatives_per_positive=negatives_per_positive, seed=settings.seed)
     acts = examples.cache(model, layers=layers, embeddings=embeddings, batch_size=batch_size, progress=False)
+    baselines = examples.baselines(model, final_resid=_last_block_rows(model, acts, layers), batch_size=batch_size)
     probes = train_probes(
-        acts, examples.labels, groups=examples.groups, model=model, layers=layers, embeddings=embeddings, settings=settings
+        acts, examples.labels, groups=examples.groups, model=model, layers=layers, embeddings=embeddings,
+        settings=settings, baselines=baselines,
     )
     probes.config.model_source = model_source
     probes.save(out / "probes")
@@ -58,6 +60,14 @@ def train_on_pts(
     token_scores_view(probes.score_text(model, text)).save(out / "scores_best_layer.html")
     token_scores_view(probes.score_text(model, text, layer="all")).save(out / "scores_all_layers.html")
     return probes, examples
+
+
+def _last_block_rows(model: Any, acts: Any, layers: Sequence[int] | None) -> Any:
+    """The last block's rows of ``acts`` when it was cached (the baselines then read the model's output from that
+    pass), else ``None``."""
+    last = model.cfg.n_layers - 1
+    blocks = list(range(model.cfg.n_layers)) if layers is None else [layer % model.cfg.n_layers for layer in layers]
+    return acts[acts.shape[0] - len(blocks) + blocks.index(last)] if last in blocks else None
 
 
 def heldout_text(probes: LayerProbes, examples: ProbeExamples) -> list[int]:
@@ -84,6 +94,8 @@ def metrics_record(probes: LayerProbes, examples: ProbeExamples) -> dict[str, An
         "control_auroc": config.control_auroc,
         "selectivity": probes.selectivity.tolist(),
         "l2": config.l2,
+        "baselines": config.baseline_metrics,
+        "versus_best_baseline": config.versus_best_baseline,
     }
 
 
@@ -98,8 +110,24 @@ def format_layer_table(probes: LayerProbes) -> str:
         numbers = (value["auprc"], value["balanced_accuracy"], value["f1"], config.control_auroc[index], selectivity[index])
         rows.append([label, auroc, *(f"{number:.3f}" for number in numbers), f"{config.l2[index]:.0e}"])
     header = ["layer", "AUROC [95% CI]", "AUPRC", "bal.acc", "F1", "control", "select.", "l2"]
+    versus = probes.versus_best_baseline
+    if versus is not None:
+        header.append(f"AUROC - {versus['baseline']} [95% CI]")
+        for index, row in enumerate(rows):
+            row.append(f"{versus['value'][index]:+.3f} [{versus['low'][index]:+.2f}, {versus['high'][index]:+.2f}]")
     notes = ["<- best" if index == probes.best_layer else "" for index in range(len(rows))]
-    return format_table(header, rows, align="rlrrrrrr", notes=notes)
+    table = format_table(header, rows, align="rlrrrrrr" + "r" * (versus is not None), notes=notes)
+    return f"{format_baseline_table(probes)}\n\n{table}" if probes.baseline_metrics else table
+
+
+def format_baseline_table(probes: LayerProbes) -> str:
+    """The baselines' held-out AUROC (with intervals), AUPRC, balanced accuracy and F1, on the probes' held-out rows."""
+    rows = []
+    for name, value in probes.baseline_metrics.items():
+        auroc = f"{value['auroc']:.3f} [{value['auroc_low']:.2f}, {value['auroc_high']:.2f}]"
+        rows.append([name, auroc, *(f"{value[metric]:.3f}" for metric in ("auprc", "balanced_accuracy", "f1"))])
+    caption = "Baselines (no probe), fitted and oriented on the training problems, scored on the same held-out rows:"
+    return f"{caption}\n" + format_table(["baseline", "AUROC [95% CI]", "AUPRC", "bal.acc", "F1"], rows, align="lrrrr")
 
 
 def probe_demo(model: Any, out: str | os.PathLike, *, model_source: str = "embedded") -> str:

@@ -1,0 +1,97 @@
+"""Baselines for pivotal-token probes: what predicts "the next token is pivotal" without a probe.
+
+Pivotal tokens are sampled where the model was unsure, at recurring spots, so a probe's AUROC means little until it
+is set beside these, computed on the same examples and scored on the same held-out problems:
+
+- ``entropy`` (nats) and ``top1_prob`` of the model's own next-token distribution at the example's position, read
+  from the last block's ``resid_post`` through ``ln_final`` and the unembedding (the model's own output);
+- ``position``: the example's relative position in its answer (0 at the answer's first token);
+- ``token``: the current token's identity. Its score is the add-one-smoothed log-odds of "pivotal" for that token
+  id over the training rows: the solution of a one-hot logistic regression on the id, smoothed so that an id never
+  seen in training scores 0.
+
+:func:`fit_baselines` turns each into a probability with a one-feature logistic regression fitted on the training
+problems only, which also orients it there: a baseline that predicts the negative class (high ``top1_prob`` means
+"not pivotal") gets a negative slope from the training rows, never from the test rows.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from lens_pivotal.lenses import logit_lens
+from lens_pivotal.probes.training import balanced_weights, fit_lbfgs
+
+if TYPE_CHECKING:
+    from lens_pivotal.probes.examples import ProbeExamples
+
+BASELINES = ("entropy", "top1_prob", "position", "token")
+LOGIT_ROWS = 64  # rows unembedded at once: bounds the [rows, d_vocab] intermediate
+BASELINE_L2 = 1e-4  # a whisper of L2 keeps a perfectly separating baseline's slope finite
+
+
+def example_baselines(
+    model: Any, examples: ProbeExamples, final_resid: Tensor | None = None, **cache_kwargs: Any
+) -> dict[str, Tensor]:
+    """The :data:`BASELINES` of every example (tensors of length ``len(examples)``; ``token`` holds token ids)."""
+    if final_resid is None:
+        final_resid = examples.cache(model, layers=[model.cfg.n_layers - 1], **{"progress": False, **cache_kwargs})[0]
+    if final_resid.ndim != 2 or final_resid.shape[0] != len(examples):
+        raise ValueError(
+            f"final_resid must be [n_examples, d_model] = [{len(examples)}, {model.cfg.d_model}] (the last block's rows "
+            f"of examples.cache), got {tuple(final_resid.shape)}"
+        )
+    entropy, top1 = [], []
+    for chunk in final_resid.split(LOGIT_ROWS):
+        log_probs = logit_lens(model, chunk).float().log_softmax(dim=-1)
+        entropy.append(-(log_probs.exp() * log_probs).sum(dim=-1).cpu())
+        top1.append(log_probs.max(dim=-1).values.exp().cpu())
+    position, token = [], []
+    for text, at in zip(examples.text_index, examples.positions):
+        start, length = examples.answer_starts[text], len(examples.token_ids[text])
+        position.append((at - start) / max(1, length - start))
+        token.append(examples.token_ids[text][at])
+    return {
+        "entropy": torch.cat(entropy), "top1_prob": torch.cat(top1),
+        "position": torch.tensor(position, dtype=torch.float32), "token": torch.tensor(token, dtype=torch.long),
+    }  # fmt: skip
+
+
+def token_log_odds(token_ids: Tensor, labels: Tensor, train: Tensor) -> Float[Tensor, " n"]:
+    """Each row's token scored by the add-one-smoothed log-odds of label 1 for that id over the ``train`` rows."""
+    ids, inverse = torch.unique(token_ids, return_inverse=True)
+    positives = torch.zeros(len(ids)).index_add_(0, inverse[train], labels[train].float())
+    totals = torch.zeros(len(ids)).index_add_(0, inverse[train], torch.ones(len(train)))
+    return (torch.log(positives + 1) - torch.log(totals - positives + 1))[inverse]
+
+
+def check_baselines(baselines: dict[str, Tensor], n_rows: int) -> None:
+    """Each baseline must be a 1-D tensor of one value per row."""
+    for name, values in baselines.items():
+        if not isinstance(values, Tensor) or values.shape != (n_rows,):
+            found = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+            raise ValueError(f"baselines[{name!r}] must be a tensor of {n_rows} values (one per row), got {found}")
+
+
+def fit_baselines(
+    baselines: dict[str, Tensor], labels: Tensor, train: Tensor, *, balanced: bool = True
+) -> Float[Tensor, "n_baselines n"]:
+    """Every row's probability under each baseline (in ``baselines``' order): integer baselines (token ids) become
+    their training log-odds, then each gets a one-feature logistic regression fitted on the ``train`` rows."""
+    labels = labels.double()
+    features = []
+    for values in baselines.values():
+        values = token_log_odds(values, labels, train) if not values.is_floating_point() else values
+        values = values.double()
+        mean, scale = values[train].mean(), values[train].std().clamp_min(1e-12)
+        features.append((values - mean) / scale)
+    x = torch.stack(features).unsqueeze(-1)
+    y = labels[train].unsqueeze(0)
+    weights = balanced_weights(y, torch.ones_like(y)) if balanced else torch.ones_like(y)
+    heads = fit_lbfgs(x[:, train], y, weights, torch.tensor(BASELINE_L2, dtype=torch.float64))
+    with torch.no_grad():
+        return torch.sigmoid(heads.logits(x))[:, 0]
