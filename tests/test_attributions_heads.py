@@ -47,14 +47,15 @@ def test_probe_and_direction_parts_sum_to_the_target(family_models, arch):
     probes = random_probes(model, seed=3)
     ids = hf_token_ids(reference, TEXT)
     probe = lp.head_attributions(model, TEXT, target=probes, layer=1, position=POSITION)
-    hidden = hf_hidden(reference, ids).hidden_states[2][0, POSITION]
-    probability = probes.predict_proba(hidden.expand(probes.n_layers, 1, -1))[1, 0].double()
-    assert probe.target_value == pytest.approx(float(torch.logit(probability)), abs=1e-3)
+    hidden = hf_hidden(reference, ids).hidden_states[2][0, POSITION].double()
+    expected = float(((hidden - probes.mean[1]) / probes.scale[1]) @ probes.weight[1].double() + probes.bias[1])
+    assert probe.target_value == pytest.approx(expected, rel=1e-4, abs=1e-3)  # the probe's arithmetic, by hand
     assert_parts_sum(probe)
     assert probe.heads.shape[0] == 2  # blocks 0 and 1 write the residual stream probe 1 reads
     direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(2))
     projected = lp.head_attributions(model, TEXT, target=("blocks.0.hook_resid_post", direction), position=POSITION)
-    assert projected.target_value == pytest.approx(float(hf_hidden(reference, ids).hidden_states[1][0, POSITION] @ direction), abs=1e-3)
+    expected = float(hf_hidden(reference, ids).hidden_states[1][0, POSITION] @ direction)
+    assert projected.target_value == pytest.approx(expected, rel=1e-4, abs=1e-3)
     assert_parts_sum(projected)
 
 
