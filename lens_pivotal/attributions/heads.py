@@ -183,6 +183,9 @@ class _Decomposition:
 
     def __init__(self, model: Any, cache: Any, reading: _Reading) -> None:
         self.model, self.cache, self.reading = model, cache, reading
+        self.resid_parts, self.resid_labels = cache.decompose_resid(
+            layer=reading.blocks, mode="all", pos_slice=-1, return_labels=True
+        )
 
     def project(self, stack: Float[Tensor, "n_parts 1 d_model"]) -> Float[Tensor, " n_parts"]:
         """Each part's contribution: normalisation frozen (if the target reads through one), then the direction."""
@@ -190,18 +193,13 @@ class _Decomposition:
             stack = self.cache.apply_ln_to_stack(stack, layer=self.reading.ln_layer, pos_slice=-1)
         return (stack[:, 0].double() @ self.reading.direction.to(stack.device).double()).cpu()
 
-    def _resid_parts(self) -> tuple[Tensor, list[str]]:
-        return self.cache.decompose_resid(layer=self.reading.blocks, mode="all", pos_slice=-1, return_labels=True)
-
     def embedding(self) -> float:
-        stack, labels = self._resid_parts()
-        kept = [index for index, label in enumerate(labels) if label in ("embed", "pos_embed")]
-        return float(self.project(stack[kept]).sum())
+        kept = [index for index, label in enumerate(self.resid_labels) if label in ("embed", "pos_embed")]
+        return float(self.project(self.resid_parts[kept]).sum())
 
     def mlps(self) -> Float[Tensor, " n_blocks"]:
-        stack, labels = self._resid_parts()
-        kept = [index for index, label in enumerate(labels) if label.endswith("_mlp_out")]
-        return self.project(stack[kept]) if kept else torch.zeros(0, dtype=torch.float64)
+        kept = [index for index, label in enumerate(self.resid_labels) if label.endswith("_mlp_out")]
+        return self.project(self.resid_parts[kept]) if kept else torch.zeros(0, dtype=torch.float64)
 
     def head_totals(self) -> Float[Tensor, "n_blocks n_heads"]:
         """Each head's direct contribution from TransformerLens' ``stack_head_results``."""

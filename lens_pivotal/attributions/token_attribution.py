@@ -199,21 +199,26 @@ class EmbeddingForward:
 
     def run(self, embeddings: Tensor, hook_name: str | None) -> Float[Tensor, "batch width"]:
         """The activation at ``hook_name`` (the logits when ``None``) at the last position, for these embeddings."""
-        captured: dict[str, Tensor] = {}
 
         def replace(resid: Tensor, hook: Any) -> Tensor:
             return embeddings.to(resid.dtype)
 
+        ids = self.ids.expand(len(embeddings), -1)
+        return self._read(ids, [(EMBEDDING_HOOK, replace)], hook_name)[:, -1]
+
+    def _read(self, ids: Tensor, hooks: list, hook_name: str | None) -> Tensor:
+        """The activation at ``hook_name`` (stopping the pass there), or the logits when ``None``, with ``hooks`` on."""
+        captured: dict[str, Tensor] = {}
+
         def read(activation: Tensor, hook: Any) -> None:
-            captured["last"] = activation[:, -1]
+            captured["activation"] = activation
             raise StopForward
 
-        hooks = [(EMBEDDING_HOOK, replace)] + ([(hook_name, read)] if hook_name is not None else [])
-        with self.model.hooks(fwd_hooks=hooks):
+        with self.model.hooks(fwd_hooks=hooks + ([(hook_name, read)] if hook_name is not None else [])):
             try:
-                return self.model(self.ids.expand(len(embeddings), -1))[:, -1]
+                return self.model(ids)
             except StopForward:
-                return captured["last"]
+                return captured["activation"]
 
     def top1(self) -> int:
         """The model's own most likely next token at the last position."""
@@ -231,18 +236,8 @@ class EmbeddingForward:
         return self._embeddings_of(torch.full_like(self.ids, baseline))
 
     def _embeddings_of(self, ids: Tensor) -> Float[Tensor, "1 seq d_model"]:
-        captured: dict[str, Tensor] = {}
-
-        def read(resid: Tensor, hook: Any) -> None:
-            captured["resid"] = resid.detach().clone()
-            raise StopForward
-
-        with torch.no_grad(), self.model.hooks(fwd_hooks=[(EMBEDDING_HOOK, read)]):
-            try:
-                self.model(ids.unsqueeze(0))
-            except StopForward:
-                pass
-        return captured["resid"]
+        with torch.no_grad():
+            return self._read(ids.unsqueeze(0), [], EMBEDDING_HOOK).detach().clone()
 
 
 def compare_methods(
