@@ -50,4 +50,6 @@ def test_errors_are_one_line(model_dir, tmp_path, capsys):
         run(["attribute", "--pts", "rows.jsonl", *common])
     with pytest.raises(SystemExit, match="give either TEXT or --pts"):
         run(["attribute", *common])
+    with pytest.raises(SystemExit, match="--baseline must be 'zero' or a token id, got 'pad'"):
+        run(["attribute", "Sam has 12 apples", "--baseline", "pad", *common])
     assert not (tmp_path / "x.html").exists()

@@ -33,6 +33,8 @@ def test_values_equal_a_plain_hf_computation(tiny_qwen3_model, qwen3_examples):
         start = examples.answer_starts[examples.text_index[index]]
         assert float(baselines["position"][index]) == pytest.approx((position - start) / (len(ids) - start))
         assert int(baselines["token"][index]) == ids[position]
+    with pytest.raises(ValueError, match=r"final_resid must be \[n_examples, d_model\]"):
+        examples.baselines(tiny_qwen3_model, final_resid=torch.zeros(3, tiny_qwen3_model.cfg.d_model))
     acts = examples.cache(tiny_qwen3_model, progress=False)
     same_pass = examples.baselines(tiny_qwen3_model, final_resid=acts[-1])
     for name in ("entropy", "top1_prob"):
