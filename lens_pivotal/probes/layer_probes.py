@@ -612,7 +612,7 @@ def _evaluate_baselines(
     value = auroc(compared, y_held, everything)[:, 0]
     draws = auroc(compared, y_held, resampled) if settings.n_bootstrap else torch.full((len(compared), 1), float("nan"))
     difference = draws[:-1] - draws[-1:]
-    tail = 0.025
+    tail = (1 - result.confidence) / 2
     probes.config.versus_best_baseline = {
         "baseline": names[best],
         "value": (value[:-1] - value[-1]).tolist(),
