@@ -78,7 +78,8 @@ def test_demo_prints_a_logit_lens_table_and_trains_probes(tmp_path):
     assert "' Paris'" in last_row
     records = json.loads((tmp_path / "demo" / "logit_lens.json").read_text())
     assert len(records) == 30 * 4
-    assert "ProbeExamples(296 examples: 153 pivotal" in result.stdout and result.stdout.count("<- best") == 1
+    assert "ProbeExamples(296 examples: 153 pivotal" in result.stdout and result.stdout.count("<- best (CV)") == 1
     metrics = json.loads((tmp_path / "demo" / "probes" / "metrics.json").read_text())
     assert len(metrics["layers"]) == 30 and max(metrics["metrics"]["auroc"]["value"]) > 0.8
+    assert "(probe+entropy) - entropy [95% CI]" in result.stdout and len(metrics["cv_auroc"]) == 30
     assert (tmp_path / "demo" / "probes" / "probes" / "probes.safetensors").is_file()

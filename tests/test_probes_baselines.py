@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 from transformers import AutoModelForCausalLM
 
 import lens_pivotal as lp
-from lens_pivotal.probes.baselines import fit_baselines, token_log_odds
+from lens_pivotal.probes.baselines import BASELINE_L2, fit_baselines, token_log_odds
 from lens_pivotal.testing import tiny_qwen_dir
 
 
@@ -96,6 +99,35 @@ def test_a_planted_direction_beats_the_baselines_and_noise_does_not():
     assert abs(metrics["position"]["auroc"] - 0.5) < 0.15 and set(metrics["token"]) >= {"auprc", "f1", "f1_low"}
 
 
+def test_probe_plus_entropy_equals_stacked_sklearn_fits_and_adds_only_where_the_stream_does():
+    acts, labels, groups, baselines = planted()
+    settings = lp.probes.ProbeSettings(l2=1e-1, standardize=False, class_weight=None, n_bootstrap=300)
+    probes = lp.train_probes(acts, labels, groups=groups, baselines=baselines, settings=settings)
+    train, heldout = lp.probes.group_split(groups, test_fraction=0.2, seed=0)
+    folds = lp.probes.group_folds([groups[i] for i in train], settings.cv_folds, settings.seed).numpy()
+    entropy, y = baselines["entropy"].numpy(), labels.numpy()
+    for layer in range(2):
+        x = acts[layer].numpy()
+        stacked = np.zeros(len(y))  # out-of-fold logits on the training rows, the final probe's on the held-out ones
+        for fold in np.unique(folds):
+            fit = train[folds != fold]
+            reference = LogisticRegression(C=1 / (settings.l2 * len(fit)), tol=1e-10, max_iter=10_000).fit(x[fit], y[fit])
+            stacked[train[folds == fold]] = reference.decision_function(x[train[folds == fold]])
+        final = LogisticRegression(C=1 / (settings.l2 * len(train)), tol=1e-10, max_iter=10_000).fit(x[train], y[train])
+        stacked[heldout] = final.decision_function(x[heldout])
+        features = np.stack([stacked, entropy], axis=1)
+        features = (features - features[train].mean(0)) / features[train].std(0, ddof=1)
+        combined = LogisticRegression(C=1 / (BASELINE_L2 * len(train)), tol=1e-10, max_iter=10_000)
+        scores = combined.fit(features[train], y[train]).decision_function(features[heldout])
+        assert probes.with_entropy["auroc"][layer] == pytest.approx(roc_auc_score(y[heldout], scores), abs=2e-3)
+    minus_entropy = probes.with_entropy["minus_entropy"]
+    entropy_alone = probes.baseline_metrics["entropy"]["auroc"]
+    assert minus_entropy["value"][1] == pytest.approx(probes.with_entropy["auroc"][1] - entropy_alone, abs=1e-6)
+    assert minus_entropy["low"][1] > 0  # the planted layer adds to the entropy
+    assert minus_entropy["low"][0] < 0 < minus_entropy["high"][0]  # pure noise adds nothing
+    assert probes[1].with_entropy["auroc"] == [probes.with_entropy["auroc"][1]]
+
+
 def test_baselines_are_saved_and_bad_ones_named(tmp_path):
     acts, labels, groups, baselines = planted(n_problems=12)
     probes = lp.train_probes(acts, labels, groups=groups, baselines=baselines,
@@ -103,5 +135,6 @@ def test_baselines_are_saved_and_bad_ones_named(tmp_path):
     loaded = lp.LayerProbes.load(probes.save(tmp_path / "probes"))
     assert loaded.baseline_metrics == probes.baseline_metrics
     assert loaded.versus_best_baseline == probes.versus_best_baseline
+    assert loaded.with_entropy == probes.with_entropy and loaded.config.cv_auroc == probes.config.cv_auroc
     with pytest.raises(ValueError, match=r"baselines\['entropy'\] must be a tensor of 120 values"):
         lp.train_probes(acts, labels, groups=groups, baselines={"entropy": torch.ones(7)})

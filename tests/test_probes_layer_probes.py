@@ -20,6 +20,7 @@ from lens_pivotal.probes import (
     ProbeConfig,
     ProbeSettings,
     evaluate_probes,
+    group_folds,
     group_split,
     train_probes,
 )
@@ -75,6 +76,37 @@ def test_matches_sklearn_logistic_regression_per_layer():
         assert np.abs(ours[layer].numpy() - expected).max() < 2e-3
     heldout_auroc = probes.score(acts[:, heldout], labels[heldout])
     assert torch.allclose(heldout_auroc, probes.metrics.values["auroc"], atol=1e-6)
+
+
+def test_best_layer_is_chosen_by_grouped_cross_validation_on_the_training_problems():
+    acts, labels, groups = planted(strength=1.0)
+    l2 = 1e-2
+    settings = ProbeSettings(l2=l2, standardize=False, class_weight=None, n_bootstrap=0)
+    train, heldout = group_split(groups, test_fraction=0.2, seed=0)
+    # Layer 0 carries the label on the training problems only; the held-out AUROC favours layer PLANTED.
+    acts[0, train, 0] += 3 * labels[train]
+    probes = train_probes(acts, labels, groups=groups, settings=settings)
+    train_groups = [groups[i] for i in train]
+    folds = group_folds(train_groups, settings.cv_folds, settings.seed).numpy()
+    for layer in range(acts.shape[0]):
+        out_of_fold = np.zeros(len(train))
+        for fold in np.unique(folds):
+            fit = folds != fold
+            reference = LogisticRegression(C=1 / (l2 * fit.sum()), tol=1e-10, max_iter=10_000)
+            reference.fit(acts[layer, train][fit].numpy(), labels[train][fit].numpy())
+            out_of_fold[~fit] = reference.decision_function(acts[layer, train][~fit].numpy())
+        expected = roc_auc_score(labels[train].numpy(), out_of_fold)
+        assert probes.config.cv_auroc[layer] == pytest.approx(expected, abs=2e-3)
+    assert probes.best_layer == 0 and probes.best_heldout_layer == PLANTED
+    assert probes.metrics.values["auroc"][0] < probes.metrics.values["auroc"][PLANTED]
+
+
+def test_without_two_training_problems_the_best_layer_is_the_optimistic_one():
+    acts, labels, _ = planted(n_rows=48)
+    groups = ["a"] * 40 + ["b"] * 8
+    with pytest.warns(UserWarning, match="fewer than 2 training problems"):
+        probes = train_probes(acts, labels, groups=groups, settings=ProbeSettings(l2=1.0, val_fraction=0.5, n_bootstrap=0))
+    assert probes.config.cv_auroc is None and probes.best_layer == probes.best_heldout_layer
 
 
 def test_no_heldout_group_was_trained_on(fitted):

@@ -26,10 +26,27 @@ def test_layer_metrics_figure(probes, tmp_path):
     figure = plot_layer_metrics(probes)
     axis = figure.axes[0]
     labels = [line.get_label() for line in axis.get_lines()]
-    assert labels == ["AUROC", "AUPRC", "balanced accuracy", "F1", "AUROC, shuffled-label control", "best layer (2)"]
+    assert labels == [
+        "AUROC", "AUPRC", "balanced accuracy", "F1", "AUROC, shuffled-label control", "CV AUROC, training problems",
+        "best layer by CV (2)",
+    ]  # fmt: skip
     assert list(axis.get_lines()[0].get_ydata()) == pytest.approx(probes.metrics.values["auroc"].tolist())
+    assert list(axis.get_lines()[5].get_ydata()) == pytest.approx(probes.config.cv_auroc)
     assert len(axis.collections) == 4  # one confidence band per metric
     assert save_figure(figure, tmp_path / "m.png").stat().st_size > 10_000
+
+
+def test_layer_metrics_figure_shows_baselines_and_probe_plus_entropy():
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.arange(120) % 2
+    acts = torch.randn(2, 120, 8, generator=generator)
+    baselines = {"entropy": labels + torch.randn(120, generator=generator), "position": torch.rand(120, generator=generator)}
+    probes = train_probes(acts, labels, groups=[str(i // 6) for i in range(120)], baselines=baselines,
+                          settings=ProbeSettings(l2=0.1, n_bootstrap=50))
+    axis = plot_layer_metrics(probes, metrics=("auroc",)).axes[0]
+    lines = {line.get_label(): line for line in axis.get_lines()}
+    assert float(lines["AUROC, entropy baseline (no probe)"].get_ydata()[0]) == probes.baseline_metrics["entropy"]["auroc"]
+    assert list(lines["AUROC, probe + entropy"].get_ydata()) == pytest.approx(probes.with_entropy["auroc"])
 
 
 def test_pca_matches_sklearn_up_to_sign():

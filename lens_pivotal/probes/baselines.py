@@ -12,7 +12,8 @@ is set beside these, computed on the same examples and scored on the same held-o
 
 :func:`fit_baselines` turns each into a probability with a one-feature logistic regression fitted on the training
 problems only, which also orients it there: a baseline that predicts the negative class (high ``top1_prob`` means
-"not pivotal") gets a negative slope from the training rows, never from the test rows.
+"not pivotal") gets a negative slope from the training rows, never from the test rows. :func:`fit_logistic` fits
+several features at once, e.g. a probe's logit beside the entropy (does the residual stream add anything?).
 """
 
 from __future__ import annotations
@@ -82,15 +83,22 @@ def fit_baselines(
 ) -> Float[Tensor, "n_baselines n"]:
     """Every row's probability under each baseline (in ``baselines``' order): integer baselines (token ids) become
     their training log-odds, then each gets a one-feature logistic regression fitted on the ``train`` rows."""
-    labels = labels.double()
-    features = []
-    for values in baselines.values():
-        values = token_log_odds(values, labels, train) if not values.is_floating_point() else values
-        values = values.double()
-        mean, scale = values[train].mean(), values[train].std().clamp_min(1e-12)
-        features.append((values - mean) / scale)
-    x = torch.stack(features).unsqueeze(-1)
-    y = labels[train].unsqueeze(0)
+    features = [
+        token_log_odds(values, labels, train) if not values.is_floating_point() else values
+        for values in baselines.values()
+    ]
+    return fit_logistic(torch.stack(features).unsqueeze(-1), labels, train, balanced=balanced)
+
+
+def fit_logistic(
+    features: Float[Tensor, "n_models n n_features"], labels: Tensor, train: Tensor, *, balanced: bool = True
+) -> Float[Tensor, "n_models n"]:
+    """Every row's probability under each of ``n_models`` independent logistic regressions, each fitted on its own
+    features of the ``train`` rows (standardised with the training rows' mean and spread)."""
+    x = features.double()
+    mean, scale = x[:, train].mean(dim=1, keepdim=True), x[:, train].std(dim=1, keepdim=True).clamp_min(1e-12)
+    x = (x - mean) / scale
+    y = labels.double()[train].unsqueeze(0)
     weights = balanced_weights(y, torch.ones_like(y)) if balanced else torch.ones_like(y)
     heads = fit_lbfgs(x[:, train], y, weights, torch.tensor(BASELINE_L2, dtype=torch.float64))
     with torch.no_grad():

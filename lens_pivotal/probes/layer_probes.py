@@ -12,6 +12,7 @@ import json
 import os
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Literal, Sequence
 
@@ -25,7 +26,7 @@ from lens_pivotal._io import atomic_dir
 from lens_pivotal.indices import resolve_index
 from lens_pivotal.model import EMBEDDING_HOOK, block_of
 from lens_pivotal.probes.examples import group_folds, group_split
-from lens_pivotal.probes.baselines import check_baselines, fit_baselines
+from lens_pivotal.probes.baselines import check_baselines, fit_baselines, fit_logistic
 from lens_pivotal.probes.metrics import LayerMetrics, auroc, group_bootstrap_weights, heldout_metrics
 from lens_pivotal.probes.scoring import LayerChoice, ProbeRecorder, TokenScores, recording, score_text
 from lens_pivotal.probes.training import Heads, balanced_weights, fit_adam, fit_lbfgs, head_losses
@@ -120,8 +121,11 @@ class ProbeConfig:
     n_train: int = 0
     n_heldout: int = 0
     heldout_groups: list[str] = field(default_factory=list)
+    cv_auroc: list[float] | None = None
+    best_heldout_layer: int | None = None
     baseline_metrics: dict[str, dict[str, float]] | None = None
     versus_best_baseline: dict[str, Any] | None = None
+    with_entropy: dict[str, Any] | None = None
     model_source: str = ""
     format: str = FORMAT
 
@@ -136,7 +140,10 @@ class ProbeConfig:
             metrics = {name: {part: pick(parts[part]) for part in parts} for name, parts in self.metrics.items()}
         return replace(
             self, hook_names=[self.hook_names[index]], l2=pick(self.l2), cv_loss=pick(self.cv_loss),
-            control_auroc=pick(self.control_auroc), metrics=metrics, best_layer=None if self.best_layer is None else 0,
+            control_auroc=pick(self.control_auroc), cv_auroc=pick(self.cv_auroc), metrics=metrics,
+            best_layer=None if self.best_layer is None else 0,
+            best_heldout_layer=None if self.best_heldout_layer is None else 0,
+            versus_best_baseline=_pick_parts(self.versus_best_baseline, pick), with_entropy=_pick_parts(self.with_entropy, pick),
         )  # fmt: skip
 
     def to_json(self) -> str:
@@ -158,6 +165,16 @@ class ProbeConfig:
         settings = _known_fields([item.name for item in fields(ProbeSettings)], data.pop("settings"), f"{where} settings")
         settings["l2_grid"] = tuple(settings["l2_grid"])
         return cls(settings=ProbeSettings(**settings), **_known_fields([item.name for item in fields(cls)], data, where))
+
+
+def _pick_parts(record: dict[str, Any] | None, pick: Callable[[list], list]) -> dict[str, Any] | None:
+    """``record`` with every per-layer list cut down by ``pick`` (nested records too; other values kept)."""
+    if record is None:
+        return None
+    return {
+        key: pick(value) if isinstance(value, list) else _pick_parts(value, pick) if isinstance(value, dict) else value
+        for key, value in record.items()
+    }
 
 
 def _known_fields(known: Sequence[str], data: dict[str, Any], where: str) -> dict[str, Any]:
@@ -212,9 +229,18 @@ class LayerProbes:
 
     @property
     def best_layer(self) -> int:
-        """Index (into the probed layers) with the highest held-out AUROC."""
+        """Index (into the probed layers) with the highest grouped cross-validated AUROC on the training problems:
+        chosen without the held-out problems, so that layer's held-out metrics are an unbiased estimate."""
         self._require_evaluated()
         return int(self.config.best_layer)
+
+    @property
+    def best_heldout_layer(self) -> int:
+        """Index with the highest held-out AUROC. Optimistic: picked on the test problems, its held-out AUROC is
+        biased upwards (report :attr:`best_layer`'s instead)."""
+        self._require_evaluated()
+        heldout_best = self.config.best_heldout_layer
+        return int(self.config.best_layer if heldout_best is None else heldout_best)
 
     @property
     def metrics(self) -> LayerMetrics:
@@ -236,6 +262,14 @@ class LayerProbes:
         the baselines) with a paired bootstrap interval over the same resampled problems: ``{"baseline", "value",
         "low", "high"}``; ``None`` without baselines."""
         return self.config.versus_best_baseline
+
+    @property
+    def with_entropy(self) -> dict[str, Any] | None:
+        """Per layer, the held-out AUROC of the probe's logit and the entropy combined (a two-feature logistic
+        regression fitted on the training problems, on out-of-fold probe logits there) with its interval, and that
+        AUROC minus the entropy's alone with a paired interval: ``{"auroc", "auroc_low", "auroc_high",
+        "minus_entropy": {"value", "low", "high"}}``; ``None`` without an ``"entropy"`` baseline."""
+        return self.config.with_entropy
 
     @property
     def selectivity(self) -> Float[Tensor, " n_layers"]:
@@ -274,10 +308,8 @@ class LayerProbes:
     def _train(self, x: Tensor, labels: Tensor, groups: list[str]) -> Heads:
         """Standardise on ``x``, choose each layer's L2 on ``labels[0]``, train a head per row of ``labels``
         (``[n_heads, n_rows]``, the same L2) and keep the first as the probes; returns every head."""
-        x = x.to(getattr(torch, self.config.settings.dtype))
-        self._fit_standardization(x)
-        if self.config.settings.standardize:
-            x = self._standardized(x)
+        self._fit_standardization(x.to(getattr(torch, self.config.settings.dtype)))
+        x = self._prepared(x)
         l2 = self._choose_l2(x, labels[0], groups)
         heads = self._fit_heads(x, labels, groups, l2.unsqueeze(-1).expand(-1, len(labels)))
         self.weight, self.bias = heads.weight[:, 0].float().cpu(), heads.bias[:, 0].float().cpu()
@@ -466,21 +498,42 @@ class LayerProbes:
         """``x`` (``[n_chosen, n_rows, d_model]``, read by the probes of ``layers``) in the probes' normalised units."""
         return (x - self.mean[layers].to(x).unsqueeze(1)) / self.scale[layers].to(x).unsqueeze(1)
 
+    def _prepared(self, x: Tensor) -> Tensor:
+        """``x`` in the training dtype and, with ``standardize``, the probes' normalised units."""
+        x = x.to(getattr(torch, self.config.settings.dtype))
+        return self._standardized(x) if self.config.settings.standardize else x
+
     def _weights(self, labels: Tensor, mask: Tensor) -> Tensor:
         return balanced_weights(labels, mask) if self.config.settings.class_weight == "balanced" else mask
 
-    def _fit_heads(self, x: Tensor, labels: Tensor, groups: list[str], l2: Tensor) -> Heads:
-        """Heads for each row of ``labels`` (``[n_heads, n]``) on every layer, with ``l2 [n_layers, n_heads]``."""
+    def _fit_heads(self, x: Tensor, labels: Tensor, groups: list[str], l2: Tensor, mask: Tensor | None = None) -> Heads:
+        """Heads for each row of ``labels`` (``[n_heads, n]``) on every layer, with ``l2 [n_layers, n_heads]``, each
+        head fitted on the rows its row of ``mask`` (``[n_heads, n]`` of 0/1, default all) keeps."""
         settings = self.config.settings
+        mask = torch.ones_like(labels) if mask is None else mask
         if settings.solver == "lbfgs":
-            return fit_lbfgs(x, labels, self._weights(labels, torch.ones_like(labels)), l2, max_iter=settings.max_iter)
+            return fit_lbfgs(x, labels, self._weights(labels, mask), l2, max_iter=settings.max_iter)
         fit_rows, check_rows = group_split(groups, test_fraction=settings.val_fraction, seed=settings.seed + 1)
         fit_labels, check_labels = labels[:, fit_rows], labels[:, check_rows]
-        validation = (x[:, check_rows], check_labels, self._weights(check_labels, torch.ones_like(check_labels)))
+        validation = (x[:, check_rows], check_labels, self._weights(check_labels, mask[:, check_rows]))
         return fit_adam(
-            x[:, fit_rows], fit_labels, self._weights(fit_labels, torch.ones_like(fit_labels)), l2, validation,
+            x[:, fit_rows], fit_labels, self._weights(fit_labels, mask[:, fit_rows]), l2, validation,
             lr=settings.lr, epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed,
         )
+
+    def _out_of_fold_logits(self, x: Tensor, y: Tensor, groups: list[str]) -> Float[Tensor, "n_layers n"] | None:
+        """Every row's logit from heads fitted (with the chosen L2) on the other grouped cross-validation folds, per
+        layer (``x`` prepared); ``None`` with fewer than 2 groups."""
+        if len(set(groups)) < 2:
+            return None
+        folds = group_folds(groups, self.config.settings.cv_folds, self.config.settings.seed).to(x.device)
+        n_folds = int(folds.max()) + 1
+        outside = (folds.unsqueeze(0) != torch.arange(n_folds, device=x.device).unsqueeze(1)).to(x.dtype)  # [folds, n]
+        labels = y.to(x.dtype).unsqueeze(0).expand(n_folds, -1)
+        l2 = torch.tensor(self.config.l2, dtype=x.dtype, device=x.device).unsqueeze(-1).expand(-1, n_folds)
+        heads = self._fit_heads(x, labels, groups, l2, mask=outside)
+        logits = heads.logits(x)  # [n_layers, n_folds, n]
+        return logits.gather(1, folds.view(1, 1, -1).expand(len(logits), 1, -1)).squeeze(1)
 
     def _choose_l2(self, x: Tensor, y: Tensor, groups: list[str]) -> Float[Tensor, " n_layers"]:
         """Each layer's L2: the fixed one, or the grid value with the lowest grouped-CV held-out log loss."""
@@ -511,12 +564,22 @@ class LayerProbes:
         self.config.cv_loss = [[value if value != float("inf") else None for value in row] for row in table.tolist()]
         return torch.tensor(settings.l2_grid, dtype=torch.float64).to(x)[table.argmin(-1)]
 
-    def _record_results(self, metrics: LayerMetrics, control_auroc: Tensor, groups: list[str], n_train: int) -> None:
+    def _record_results(
+        self, metrics: LayerMetrics, control_auroc: Tensor, groups: list[str], n_train: int, cv_auroc: Tensor | None
+    ) -> None:
+        heldout_best = int(torch.nan_to_num(metrics.values["auroc"], nan=-1).argmax())
+        if cv_auroc is None:
+            warnings.warn(
+                "fewer than 2 training problems: the best layer is the one with the best held-out AUROC, whose "
+                "held-out numbers are then optimistic", stacklevel=3,
+            )  # fmt: skip
         self.config = replace(
             self.config,
             metrics=metrics.to_dict(),
             control_auroc=[float(value) for value in control_auroc],
-            best_layer=int(torch.nan_to_num(metrics.values["auroc"], nan=-1).argmax()),
+            cv_auroc=None if cv_auroc is None else [float(value) for value in cv_auroc],
+            best_layer=heldout_best if cv_auroc is None else int(torch.nan_to_num(cv_auroc, nan=-1).argmax()),
+            best_heldout_layer=heldout_best,
             n_train=n_train,
             n_heldout=len(groups),
             heldout_groups=sorted(set(groups)),
@@ -567,16 +630,26 @@ def train_probes(
     # The shuffled-label control trains beside the probes, as a second head of the same batched program.
     shuffled = y[train][torch.randperm(len(train), generator=torch.Generator().manual_seed(chosen.seed))]
     heads = probes._train(x[:, train], torch.stack([y[train], shuffled]), train_groups)
-    heldout_x = x[:, heldout].to(heads.weight.dtype)
-    scores = torch.sigmoid(heads.logits(probes._standardized(heldout_x) if chosen.standardize else heldout_x)).cpu()
+    heldout_logits = heads.logits(probes._prepared(x[:, heldout])).cpu()
+    scores = torch.sigmoid(heldout_logits)
     y_heldout = y[heldout].cpu()
     metrics = heldout_metrics(scores[:, 0], y_heldout, heldout_groups, n_bootstrap=chosen.n_bootstrap, seed=chosen.seed)
-    control_auroc = auroc(scores[:, 1].double(), y_heldout.double(), torch.ones(1, len(heldout), dtype=torch.float64))[:, 0]
-    probes._record_results(metrics, control_auroc, heldout_groups, len(train))
+    control_auroc = _auroc_per_row(scores[:, 1], y_heldout)
+    out_of_fold = probes._out_of_fold_logits(probes._prepared(x[:, train]), y[train], train_groups)
+    cv_auroc = None if out_of_fold is None else _auroc_per_row(out_of_fold.cpu(), y[train].cpu())
+    probes._record_results(metrics, control_auroc, heldout_groups, len(train), cv_auroc)
     if baselines:
         split = (torch.as_tensor(train), torch.as_tensor(heldout))
-        _evaluate_baselines(probes, baselines, y.cpu(), split, heldout_groups, scores[:, 0])
+        probe_logits = torch.zeros(probes.n_layers, len(y), dtype=torch.float64)
+        probe_logits[:, split[1]] = heldout_logits[:, 0].double()
+        if out_of_fold is not None:
+            probe_logits[:, split[0]] = out_of_fold.cpu().double()
+        _evaluate_baselines(probes, baselines, y.cpu(), split, heldout_groups, probe_logits, out_of_fold is not None)
     return probes
+
+
+def _auroc_per_row(scores: Float[Tensor, "k n"], y: Tensor) -> Float[Tensor, " k"]:
+    return auroc(scores.double(), y.double(), torch.ones(1, len(y), dtype=torch.float64))[:, 0]
 
 
 def _evaluate_baselines(
@@ -585,16 +658,18 @@ def _evaluate_baselines(
     y: Tensor,
     split: tuple[Tensor, Tensor],
     held_groups: list[str],
-    probe_scores: Tensor,
+    probe_logits: Float[Tensor, "n_layers n"],
+    combine: bool,
 ) -> None:
-    """Score each baseline on the held-out groups and compare the probes with the best one, paired over the same
-    bootstrap resamples of the held-out groups."""
+    """Score each baseline on the held-out groups and compare the probes with the best one, and (with ``combine``
+    and an entropy baseline) the probe + entropy combination with entropy alone, paired over the same bootstrap
+    resamples of the held-out groups. ``probe_logits`` holds the held-out rows' logits and, on the training rows,
+    out-of-fold logits (the combination is fitted there on logits the probe did not train on)."""
     settings, (train, heldout) = probes.config.settings, split
     check_baselines(baselines, len(y))
-    probabilities = fit_baselines(
-        {name: values.cpu() for name, values in baselines.items()}, y, train, balanced=settings.class_weight == "balanced"
-    )[:, heldout]
-    y_held = y[heldout].double()
+    balanced = settings.class_weight == "balanced"
+    probabilities = fit_baselines({name: values.cpu() for name, values in baselines.items()}, y, train, balanced=balanced)
+    probabilities, y_held = probabilities[:, heldout], y[heldout].double()
     result = heldout_metrics(probabilities, y_held, held_groups, n_bootstrap=settings.n_bootstrap, seed=settings.seed)
     names = list(baselines)
     probes.config.baseline_metrics = {
@@ -606,15 +681,34 @@ def _evaluate_baselines(
         for index, name in enumerate(names)
     }
     best = int(result.values["auroc"].argmax())
-    resampled = group_bootstrap_weights(held_groups, settings.n_bootstrap, settings.seed).double()
-    everything = torch.ones(1, len(y_held), dtype=torch.float64)
-    compared = torch.cat([probe_scores.double(), probabilities[best : best + 1].double()])
-    value = auroc(compared, y_held, everything)[:, 0]
-    draws = auroc(compared, y_held, resampled) if settings.n_bootstrap else torch.full((len(compared), 1), float("nan"))
-    difference = draws[:-1] - draws[-1:]
-    tail = (1 - result.confidence) / 2
+    compare = partial(_paired_auroc_difference, y=y_held, groups=held_groups, settings=settings, confidence=result.confidence)
     probes.config.versus_best_baseline = {
-        "baseline": names[best],
+        "baseline": names[best], **compare(probe_logits[:, heldout], probabilities[best])
+    }
+    if combine and "entropy" in baselines:
+        entropy = baselines["entropy"].cpu().double().expand_as(probe_logits)
+        combined = fit_logistic(torch.stack([probe_logits, entropy], dim=-1), y, train, balanced=balanced)[:, heldout]
+        combined_metrics = heldout_metrics(combined, y_held, held_groups, n_bootstrap=settings.n_bootstrap, seed=settings.seed)
+        probes.config.with_entropy = {
+            "auroc": combined_metrics.values["auroc"].tolist(), "auroc_low": combined_metrics.low["auroc"].tolist(),
+            "auroc_high": combined_metrics.high["auroc"].tolist(),
+            "minus_entropy": compare(combined, probabilities[names.index("entropy")]),
+        }  # fmt: skip
+
+
+def _paired_auroc_difference(
+    scores: Float[Tensor, "k n"], reference: Float[Tensor, " n"], *, y: Tensor, groups: list[str],
+    settings: ProbeSettings, confidence: float,
+) -> dict[str, list[float]]:
+    """AUROC of each row of ``scores`` minus ``reference``'s, with an interval over the same bootstrap resamples of
+    the groups: ``{"value", "low", "high"}``."""
+    compared = torch.cat([scores.double(), reference.double().unsqueeze(0)])
+    value = _auroc_per_row(compared, y)
+    resampled = group_bootstrap_weights(groups, settings.n_bootstrap, settings.seed).double()
+    draws = auroc(compared, y, resampled) if settings.n_bootstrap else torch.full((len(compared), 1), float("nan"))
+    difference = draws[:-1] - draws[-1:]
+    tail = (1 - confidence) / 2
+    return {
         "value": (value[:-1] - value[-1]).tolist(),
         "low": difference.nanquantile(tail, dim=-1).tolist(),
         "high": difference.nanquantile(1 - tail, dim=-1).tolist(),

@@ -18,7 +18,8 @@ METRIC_NAMES = {"auroc": "AUROC", "auprc": "AUPRC", "balanced_accuracy": "balanc
 
 
 def plot_layer_metrics(probes: LayerProbes, metrics: Sequence[str] = ("auroc", "auprc", "balanced_accuracy", "f1")) -> Figure:
-    """Held-out metrics per layer with their bootstrap intervals, the control's AUROC, and the best layer marked."""
+    """Held-out metrics per layer with their bootstrap intervals, the control's AUROC, the baselines, probe + entropy,
+    the cross-validated AUROC on the training problems, and the best layer (chosen by it) marked."""
     result = probes.metrics
     x = list(range(probes.n_layers))
     figure = Figure(figsize=(10, 4))
@@ -27,10 +28,16 @@ def plot_layer_metrics(probes: LayerProbes, metrics: Sequence[str] = ("auroc", "
         line = axis.plot(x, result.values[name].tolist(), marker="o", markersize=3, label=METRIC_NAMES.get(name, name))[0]
         axis.fill_between(x, result.low[name].tolist(), result.high[name].tolist(), color=line.get_color(), alpha=0.15)
     axis.plot(x, probes.config.control_auroc, linestyle="--", color="grey", label="AUROC, shuffled-label control")
+    if probes.config.cv_auroc is not None:
+        axis.plot(x, probes.config.cv_auroc, linestyle=":", marker=".", color="black", label="CV AUROC, training problems")
+    if probes.with_entropy is not None:
+        combined = probes.with_entropy
+        line = axis.plot(x, combined["auroc"], marker="s", markersize=2, label="AUROC, probe + entropy")[0]
+        axis.fill_between(x, combined["auroc_low"], combined["auroc_high"], color=line.get_color(), alpha=0.1)
     for name, baseline in probes.baseline_metrics.items():
         line = axis.axhline(baseline["auroc"], linestyle="-.", linewidth=1, label=f"AUROC, {name} baseline (no probe)")
         axis.axhspan(baseline["auroc_low"], baseline["auroc_high"], color=line.get_color(), alpha=0.06)
-    axis.axvline(probes.best_layer, color="black", alpha=0.4, linestyle=":", label=f"best layer ({probes.layer_labels[probes.best_layer]})")
+    axis.axvline(probes.best_layer, color="black", alpha=0.4, linestyle=":", label=f"best layer by CV ({probes.layer_labels[probes.best_layer]})")
     axis.set_xticks(x, probes.layer_labels, fontsize=7)
     axis.set(xlabel="layer (block)", ylabel="held-out score", ylim=(0, 1.02))
     axis.grid(alpha=0.3)

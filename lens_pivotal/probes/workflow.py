@@ -90,41 +90,71 @@ def metrics_record(probes: LayerProbes, examples: ProbeExamples) -> dict[str, An
         "n_heldout": config.n_heldout,
         "layers": probes.layer_labels,
         "best_layer": probes.layer_labels[probes.best_layer],
+        "best_layer_chosen_by": "grouped cross-validation on the training problems" if config.cv_auroc else "held-out AUROC (optimistic)",
+        "best_heldout_layer_optimistic": probes.layer_labels[probes.best_heldout_layer],
+        "cv_auroc": config.cv_auroc,
         "metrics": config.metrics,
         "control_auroc": config.control_auroc,
         "selectivity": probes.selectivity.tolist(),
         "l2": config.l2,
         "baselines": config.baseline_metrics,
         "versus_best_baseline": config.versus_best_baseline,
+        "probe_plus_entropy": config.with_entropy,
     }
 
 
 def format_layer_table(probes: LayerProbes) -> str:
-    """A fixed-width table, one row per layer: held-out AUROC with its interval, AUPRC, balanced accuracy, F1,
-    the shuffled-label control's AUROC, selectivity (AUROC minus control) and the L2 used; the best layer marked."""
+    """A fixed-width table, one row per layer: held-out AUROC with its interval, the grouped cross-validated AUROC
+    on the training problems (which picks the best layer), AUPRC, the shuffled-label control's AUROC, selectivity
+    (AUROC minus control) and the L2 used; with baselines, the paired differences against the best baseline and of
+    probe + entropy against entropy alone. Preceded by the baseline table when there are baselines."""
     result, config, selectivity = probes.metrics, probes.config, probes.selectivity.tolist()
+    cv_auroc = config.cv_auroc or [float("nan")] * probes.n_layers
     rows = []
     for index, label in enumerate(probes.layer_labels):
-        value = {name: float(values[index]) for name, values in result.values.items()}
-        auroc = f"{value['auroc']:.3f} [{float(result.low['auroc'][index]):.2f}, {float(result.high['auroc'][index]):.2f}]"
-        numbers = (value["auprc"], value["balanced_accuracy"], value["f1"], config.control_auroc[index], selectivity[index])
-        rows.append([label, auroc, *(f"{number:.3f}" for number in numbers), f"{config.l2[index]:.0e}"])
-    header = ["layer", "AUROC [95% CI]", "AUPRC", "bal.acc", "F1", "control", "select.", "l2"]
-    versus = probes.versus_best_baseline
+        numbers = (cv_auroc[index], float(result.values["auprc"][index]), config.control_auroc[index], selectivity[index])
+        rows.append([
+            label, _with_interval(float(result.values["auroc"][index]), result.low["auroc"][index], result.high["auroc"][index]),
+            *(f"{number:.3f}" for number in numbers), f"{config.l2[index]:.0e}",
+        ])  # fmt: skip
+    header = ["layer", "AUROC [95% CI]", "CV AUROC", "AUPRC", "control", "select.", "l2"]
+    versus, with_entropy = probes.versus_best_baseline, probes.with_entropy
     if versus is not None:
         header.append(f"AUROC - {versus['baseline']} [95% CI]")
         for index, row in enumerate(rows):
-            row.append(f"{versus['value'][index]:+.3f} [{versus['low'][index]:+.2f}, {versus['high'][index]:+.2f}]")
-    notes = ["<- best" if index == probes.best_layer else "" for index in range(len(rows))]
-    table = format_table(header, rows, align="rlrrrrrr" + "r" * (versus is not None), notes=notes)
+            row.append(_with_interval(versus["value"][index], versus["low"][index], versus["high"][index], signed=True))
+    if with_entropy is not None:
+        header.append("(probe+entropy) - entropy [95% CI]")
+        gain = with_entropy["minus_entropy"]
+        for index, row in enumerate(rows):
+            row.append(_with_interval(gain["value"][index], gain["low"][index], gain["high"][index], signed=True))
+    notes = [_layer_note(probes, index) for index in range(len(rows))]
+    table = format_table(header, rows, align="lr" + "r" * (len(header) - 2), notes=notes)
+    caption = (
+        "Probes per layer, on the held-out problems. The best layer is chosen by grouped cross-validation on the "
+        "training problems (CV AUROC), so its held-out numbers are unbiased; the layer with the best held-out AUROC "
+        "is marked optimistic."
+    )
+    table = f"{caption}\n{table}"
     return f"{format_baseline_table(probes)}\n\n{table}" if probes.baseline_metrics else table
+
+
+def _with_interval(value: float, low: float, high: float, *, signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    return f"{value:{sign}.3f} [{float(low):{sign}.2f}, {float(high):{sign}.2f}]"
+
+
+def _layer_note(probes: LayerProbes, index: int) -> str:
+    if index == probes.best_layer:
+        return "<- best (CV)" if probes.config.cv_auroc is not None else "<- best (held-out, optimistic)"
+    return "<- best held-out (optimistic)" if index == probes.best_heldout_layer else ""
 
 
 def format_baseline_table(probes: LayerProbes) -> str:
     """The baselines' held-out AUROC (with intervals), AUPRC, balanced accuracy and F1, on the probes' held-out rows."""
     rows = []
     for name, value in probes.baseline_metrics.items():
-        auroc = f"{value['auroc']:.3f} [{value['auroc_low']:.2f}, {value['auroc_high']:.2f}]"
+        auroc = _with_interval(value["auroc"], value["auroc_low"], value["auroc_high"])
         rows.append([name, auroc, *(f"{value[metric]:.3f}" for metric in ("auprc", "balanced_accuracy", "f1"))])
     caption = "Baselines (no probe), fitted and oriented on the training problems, scored on the same held-out rows:"
     return f"{caption}\n" + format_table(["baseline", "AUROC [95% CI]", "AUPRC", "bal.acc", "F1"], rows, align="lrrrr")

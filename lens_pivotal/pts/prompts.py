@@ -70,13 +70,22 @@ ARITHMETIC_ONE_SHOT = PromptFormat(
 )
 """One worked example that makes small instruct models answer briefly: the calculation, then "The answer is N."."""
 
-MULTISTEP_ONE_SHOT = PromptFormat(
-    examples=(("Lily has 12 shells. Lily finds 7 more shells. Lily gives away 5 shells. How many shells does Lily have now?",
-               "12 + 7 = 19. 19 - 5 = 14. The answer is 14."),),
-)
-"""One worked two-step example: each intermediate result written out, then "The answer is N."."""
+MULTISTEP_FEW_SHOT = PromptFormat(
+    examples=(
+        ("Lily has 12 shells. Lily gives away 5 shells. Lily finds 7 more shells. How many shells does Lily have now?",
+         "12 - 5 = 7. 7 + 7 = 14. The answer is 14."),
+        ("Tom has 4 coins. Tom buys 3 more coins. A friend gives Tom 2 more coins. How many coins does Tom have now?",
+         "4 + 3 = 7. 7 + 2 = 9. The answer is 9."),
+        ("Sara has 15 books. Sara sells 6 books. Sara loses 2 books. How many books does Sara have now?",
+         "15 - 6 = 9. 9 - 2 = 7. The answer is 7."),
+        ("Ravi has 8 pencils. Ravi finds 5 more pencils. Ravi gives away 4 pencils. How many pencils does Ravi have now?",
+         "8 + 5 = 13. 13 - 4 = 9. The answer is 9."),
+    ),
+)  # fmt: skip
+"""Four worked two-step examples, one per order of ``+`` and ``-``, each intermediate result written out. With one
+example, SmolLM2-135M copies its operators whatever the question says."""
 
 PROMPT_PRESETS: dict[str, PromptFormat] = {
-    "plain": PromptFormat(), "arithmetic-one-shot": ARITHMETIC_ONE_SHOT, "multistep-one-shot": MULTISTEP_ONE_SHOT
+    "plain": PromptFormat(), "arithmetic-one-shot": ARITHMETIC_ONE_SHOT, "multistep-few-shot": MULTISTEP_FEW_SHOT
 }
 """Named prompt formats (the CLI's ``--prompt``)."""
