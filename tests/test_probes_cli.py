@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -32,6 +33,18 @@ def test_train_writes_probes_metrics_plots_and_views(trained, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["examples"]["pivotal"] == 16 and metrics["examples"]["total"] == 48
     assert metrics["layers"] == ["0", "1", "2"] and metrics["best_layer"] in metrics["layers"]
+
+
+def test_transfer_prints_the_matrix_and_writes_it(tmp_path, synthetic_rows, capsys):
+    for name, dataset_id in (("first", "synthetic"), ("second", "other")):
+        with (tmp_path / f"{name}.jsonl").open("w") as handle:
+            write_rows([dataclasses.replace(row, dataset_id=dataset_id) for row in synthetic_rows], handle)
+    code = run(["probe", "transfer", "--data", str(tmp_path / "first.jsonl"), "--data", str(tmp_path / "second.jsonl"),
+                "--model", str(tiny_qwen_dir("qwen3")), "--device", "cpu", "--out", str(tmp_path / "out"), "--n-bootstrap", "20"])
+    assert code == 0
+    results = json.loads((tmp_path / "out" / "transfer.json").read_text())
+    assert [(row["train"], row["evaluate"]) for row in results][:2] == [("first", "first"), ("first", "second")]
+    assert len(results) == 9 and "best baseline AUROC" in capsys.readouterr().out
 
 
 def test_score_prints_each_token_with_its_score(trained, capsys, tmp_path):

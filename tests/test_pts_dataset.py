@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from lens_pivotal.pts.dataset import load_shipped_pts, shipped_pts_path
+from lens_pivotal.pts.dataset import SHIPPED_DATASETS, shipped_pts_path
+from lens_pivotal.pts.schema import load_pts, load_shipped_pts
 from lens_pivotal.pts.output import progress_path
 
 # What the shipped run achieved (README.md next to the data): 189 rows, 46 problems, 109 positive, 80 negative.
@@ -26,6 +27,14 @@ def test_shipped_dataset_loads_with_both_signs():
     assert positives >= MIN_POSITIVE and len(data) - positives >= MIN_NEGATIVE
     assert data.duplicates_dropped == 0 and not data.skipped
     assert all(abs(row.prob_delta) >= 0.2 and row.position is not None for row in data)
+
+
+def test_shipped_datasets_load_by_name():
+    for name in SHIPPED_DATASETS:
+        data = load_pts(name)
+        assert data.rows == load_shipped_pts(name).rows and {row.dataset_id for row in data} == {name}
+    with pytest.raises(ValueError, match="no shipped PTS dataset named 'nope'; the shipped ones are lens_pivotal/arithmetic"):
+        load_shipped_pts("nope")
 
 
 def test_every_row_comes_from_a_recorded_problem_with_baseline_in_range():

@@ -10,7 +10,7 @@ from typing import Any
 from lens_pivotal.attributions.pivots import explain_pivots, pivots_view
 from lens_pivotal.probes.examples import group_name
 from lens_pivotal.probes.layer_probes import LayerProbes
-from lens_pivotal.pts.dataset import load_shipped_pts
+from lens_pivotal.pts.schema import load_shipped_pts
 
 
 def attribution_demo(model: Any, probes_dir: str | os.PathLike, out_dir: str | os.PathLike, *, steps: int = 32) -> str:

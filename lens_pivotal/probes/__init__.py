@@ -4,6 +4,7 @@
     acts = examples.cache(model)                                   # [n_layers, n_examples, d_model]
     probes = lp.train_probes(acts, examples.labels, groups=examples.groups, model=model)
     probes.save("probes/"); probes.score_text(model, "Some new text")
+    lp.probes.transfer_matrix(model, {"one": "a.jsonl", "two": "b.jsonl"})  # train on one family, score the other
 """
 
 from lens_pivotal.probes.examples import ProbeExamples, group_folds, group_split, probe_examples
@@ -21,6 +22,7 @@ from lens_pivotal.probes.scoring import GeneratedScores, TokenScores, generate_w
 from lens_pivotal.probes.views import generated_view, token_scores_view
 from lens_pivotal.probes.baselines import BASELINES
 from lens_pivotal.probes.workflow import format_baseline_table, format_layer_table
+from lens_pivotal.probes.transfer import TransferResult, format_transfer_table, transfer_matrix
 
 __all__ = [
     "ADAM_PROBE_SETTINGS",
@@ -32,9 +34,11 @@ __all__ = [
     "ProbeExamples",
     "ProbeSettings",
     "TokenScores",
+    "TransferResult",
     "evaluate_probes",
     "format_baseline_table",
     "format_layer_table",
+    "format_transfer_table",
     "generate_with_scores",
     "generated_view",
     "group_folds",
@@ -45,4 +49,5 @@ __all__ = [
     "probe_examples",
     "token_scores_view",
     "train_probes",
+    "transfer_matrix",
 ]

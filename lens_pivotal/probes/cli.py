@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from lens_pivotal.cli.arguments import EMBEDDED, add_model_arguments, load_model_from_args, parse_ints
 from lens_pivotal.probes.layer_probes import SOLVERS, ProbeSettings
+from lens_pivotal.pts.dataset import SHIPPED_DATASETS
 from lens_pivotal.viz.tables import format_table
 
 DEFAULTS = ProbeSettings()
@@ -37,6 +39,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=DEFAULTS.seed, help="split, negatives and bootstrap seed (default: 0)")
     train.add_argument("--batch-size", type=int, default=16, help="texts per forward pass when caching (default: 16)")
     train.set_defaults(func=_cmd_train)
+
+    transfer = commands.add_parser(
+        "transfer", help="train on one PTS dataset, evaluate on another (and on all together), against the baselines",
+        description="For every training set (each dataset's training problems, and all of them) and every evaluation "
+        "set (each dataset's held-out problems, and all of them), trains the probes, picks the layer by grouped "
+        "cross-validation on the training set, and prints its held-out AUROC beside the best baseline's with a "
+        "paired interval. Writes OUT/transfer.json.",
+    )
+    add_model_arguments(transfer, EMBEDDED)
+    transfer.add_argument("--data", action="append", default=None,
+                          help=f"a PTS dataset, repeated (default: the shipped {' and '.join(SHIPPED_DATASETS)})")
+    transfer.add_argument("--out", default="transfer_out", help="output folder (default: transfer_out)")
+    transfer.add_argument("--layers", default=None, help="comma-separated blocks (default: all)")
+    transfer.add_argument("--n-bootstrap", type=int, default=DEFAULTS.n_bootstrap, help="bootstrap resamples (default: 1000)")
+    transfer.add_argument("--seed", type=int, default=DEFAULTS.seed, help="split, negatives and bootstrap seed (default: 0)")
+    transfer.add_argument("--batch-size", type=int, default=16, help="texts per forward pass when caching (default: 16)")
+    transfer.set_defaults(func=_cmd_transfer)
 
     score = commands.add_parser(
         "score", help="score each token of a text: P(next token is pivotal)",
@@ -74,6 +93,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(format_layer_table(probes))
     print(f"\nwrote {Path(args.out) / 'probes'}, metrics.json, layer_metrics.png, projection_best_layer.png, "
           f"scores_best_layer.html and scores_all_layers.html under {args.out}")
+    return 0
+
+
+def _cmd_transfer(args: argparse.Namespace) -> int:
+    from lens_pivotal._io import atomic_write_text
+    from lens_pivotal.probes.transfer import format_transfer_table, transfer_matrix
+
+    sources = {Path(source).stem: source for source in args.data or SHIPPED_DATASETS}
+    if len(sources) != len(args.data or SHIPPED_DATASETS):
+        raise SystemExit(f"error: --data names must differ in their last part (file stem), got {args.data}")
+    model = load_model_from_args(args)
+    results = transfer_matrix(
+        model, sources,
+        settings=ProbeSettings(n_bootstrap=args.n_bootstrap, seed=args.seed), batch_size=args.batch_size,
+        layers=parse_ints(args.layers, "--layers") if args.layers else None,
+    )
+    print(format_transfer_table(results))
+    out = Path(args.out) / "transfer.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps([result.to_dict() for result in results], indent=1))
+    print(f"\nwrote {out}")
     return 0
 
 

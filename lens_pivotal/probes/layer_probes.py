@@ -14,7 +14,7 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Literal, Sequence
+from typing import Any, Callable, Collection, ContextManager, Literal, Sequence
 
 import numpy as np
 import torch
@@ -596,6 +596,7 @@ def train_probes(
     embeddings: bool = False,
     settings: ProbeSettings | None = None,
     baselines: dict[str, Tensor] | None = None,
+    heldout_groups: Collection[str] | None = None,
 ) -> LayerProbes:
     """Train one probe per layer of ``acts`` (all layers at once) and evaluate them on held-out groups.
 
@@ -610,7 +611,10 @@ def train_probes(
             ``ProbeSettings()``); ``ADAM_PROBE_SETTINGS`` reproduces the Algoverse probing project's probe.
         baselines: per-row scores a probe must beat (``ProbeExamples.baselines(model)``: entropy, top-1
             probability, position, token), each fitted and oriented on the training groups and scored on the held-out
-            ones like the probes (:attr:`LayerProbes.baseline_metrics`, :attr:`LayerProbes.versus_best_baseline`).
+            ones like the probes (:attr:`LayerProbes.baseline_metrics`, :attr:`LayerProbes.versus_best_baseline`,
+            :attr:`LayerProbes.with_entropy`).
+        heldout_groups: the problems to hold out (e.g. another problem family's, to measure transfer); default: a
+            seeded ``settings.val_fraction`` of them.
 
     Returns:
         :class:`LayerProbes` fitted on the training groups (:meth:`LayerProbes.fit`), with per-layer metrics on the
@@ -625,7 +629,10 @@ def train_probes(
         probes = LayerProbes(ProbeConfig(UNKNOWN_MODEL, acts.shape[2], acts.shape[0], hook_names, _settings(settings)))
     x, y, groups = probes._check_training_data(acts, labels, groups)
     chosen = probes.config.settings
-    train, heldout = group_split(groups, test_fraction=chosen.val_fraction, seed=chosen.seed)
+    if heldout_groups is None:
+        train, heldout = group_split(groups, test_fraction=chosen.val_fraction, seed=chosen.seed)
+    else:
+        train, heldout = _split_off(groups, heldout_groups)
     train_groups, heldout_groups = [groups[i] for i in train], [groups[i] for i in heldout]
     # The shuffled-label control trains beside the probes, as a second head of the same batched program.
     shuffled = y[train][torch.randperm(len(train), generator=torch.Generator().manual_seed(chosen.seed))]
@@ -646,6 +653,20 @@ def train_probes(
             probe_logits[:, split[0]] = out_of_fold.cpu().double()
         _evaluate_baselines(probes, baselines, y.cpu(), split, heldout_groups, probe_logits, out_of_fold is not None)
     return probes
+
+
+def _split_off(groups: list[str], heldout_groups: Collection[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train, heldout)``: the rows of ``heldout_groups`` and the others."""
+    heldout_groups = set(heldout_groups)
+    if not heldout_groups:
+        raise ValueError("heldout_groups is empty: name at least one group to hold out")
+    unknown = sorted(heldout_groups - set(groups))
+    if unknown:
+        raise ValueError(f"heldout_groups names {len(unknown)} groups not in groups, e.g. {unknown[0]!r}")
+    is_heldout = np.array([group in heldout_groups for group in groups])
+    if is_heldout.all():
+        raise ValueError("heldout_groups must leave at least one group for training")
+    return np.flatnonzero(~is_heldout), np.flatnonzero(is_heldout)
 
 
 def _auroc_per_row(scores: Float[Tensor, "k n"], y: Tensor) -> Float[Tensor, " k"]:

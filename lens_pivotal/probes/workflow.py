@@ -41,7 +41,7 @@ def train_on_pts(
     settings = settings or ProbeSettings()
     examples = probe_examples(model, rows, negatives_per_positive=negatives_per_positive, seed=settings.seed)
     acts = examples.cache(model, layers=layers, embeddings=embeddings, batch_size=batch_size, progress=False)
-    baselines = examples.baselines(model, final_resid=_last_block_rows(model, acts, layers), batch_size=batch_size)
+    baselines = examples.baselines(model, final_resid=last_block_rows(model, acts, layers), batch_size=batch_size)
     probes = train_probes(
         acts, examples.labels, groups=examples.groups, model=model, layers=layers, embeddings=embeddings,
         settings=settings, baselines=baselines,
@@ -62,7 +62,7 @@ def train_on_pts(
     return probes, examples
 
 
-def _last_block_rows(model: Any, acts: Any, layers: Sequence[int] | None) -> Any:
+def last_block_rows(model: Any, acts: Any, layers: Sequence[int] | None) -> Any:
     """The last block's rows of ``acts`` when it was cached (the baselines then read the model's output from that
     pass), else ``None``."""
     last = model.cfg.n_layers - 1
@@ -163,7 +163,7 @@ def format_baseline_table(probes: LayerProbes) -> str:
 def probe_demo(model: Any, out: str | os.PathLike, *, model_source: str = "embedded") -> str:
     """``make demo``'s probe part: train on the shipped PTS dataset, write everything under ``out``, return the
     print-ready summary and layer table."""
-    from lens_pivotal.pts.dataset import load_shipped_pts
+    from lens_pivotal.pts.schema import load_shipped_pts
 
     probes, examples = train_on_pts(model, load_shipped_pts(), out, model_source=model_source)
     config = probes.config

@@ -2,10 +2,10 @@
 
     from lens_pivotal.pts import arithmetic_problems, search_pivotal_tokens, load_pts
     rows = list(search_pivotal_tokens(model, arithmetic_problems(), out="pts.jsonl"))
-    data = load_pts("pts.jsonl")            # or "codelion/Qwen3-0.6B-pts" (online), or load_shipped_pts()
+    data = load_pts("pts.jsonl")            # or "lens_pivotal/multistep_arithmetic" (shipped), or a hub id (online)
 """
 
-from lens_pivotal.pts.dataset import load_shipped_pts, shipped_pts_path
+from lens_pivotal.pts.dataset import SHIPPED_DATASETS, shipped_pts_path
 from lens_pivotal.pts.problems import (
     ArithmeticConfig,
     Problem,
@@ -16,14 +16,16 @@ from lens_pivotal.pts.problems import (
     numeric_oracle,
     parse_gsm8k_answer,
 )
-from lens_pivotal.pts.prompts import ARITHMETIC_ONE_SHOT, PromptFormat, prompt_token_ids
+from lens_pivotal.pts.prompts import ARITHMETIC_ONE_SHOT, MULTISTEP_FEW_SHOT, PromptFormat, prompt_token_ids
 from lens_pivotal.pts.rollouts import HFRollouts, SamplingConfig, VLLMRollouts
-from lens_pivotal.pts.schema import PivotalToken, PtsData, PtsFormatError, load_pts
+from lens_pivotal.pts.schema import PivotalToken, PtsData, PtsFormatError, load_pts, load_shipped_pts
 from lens_pivotal.pts.search import SearchConfig, search_pivotal_tokens
 from lens_pivotal.pts.summary import summarize
 
 __all__ = [
     "ARITHMETIC_ONE_SHOT",
+    "MULTISTEP_FEW_SHOT",
+    "SHIPPED_DATASETS",
     "ArithmeticConfig",
     "HFRollouts",
     "PivotalToken",

@@ -1,20 +1,24 @@
-"""The PTS dataset shipped with lens_pivotal: pivotal tokens of the embedded SmolLM2-135M-Instruct on arithmetic."""
+"""The PTS datasets shipped with lens_pivotal, by name: pivotal tokens of the embedded SmolLM2-135M-Instruct.
+
+``load_pts(name)`` (and every CLI ``--data``) reads them by these names, which are also their rows' ``dataset_id``.
+"""
 
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
 
-from lens_pivotal.pts.schema import PtsData, load_pts
+from lens_pivotal.pts.problems import ARITHMETIC_DATASET_ID, MULTISTEP_DATASET_ID
 
-SHIPPED_FILE = "smollm2_135m_arithmetic.jsonl"
+SHIPPED_DATASETS: dict[str, str] = {
+    ARITHMETIC_DATASET_ID: "smollm2_135m_arithmetic.jsonl",
+    MULTISTEP_DATASET_ID: "smollm2_135m_multistep_arithmetic.jsonl",
+}
+"""Shipped dataset name → file in ``lens_pivotal/data/pts`` (its README says how each was made)."""
 
 
-def shipped_pts_path() -> Path:
-    """Path of the shipped JSONL (its ``.progress.jsonl`` and README, with the regenerating command, sit next to it)."""
-    return Path(str(resources.files("lens_pivotal") / "data" / "pts" / SHIPPED_FILE))
-
-
-def load_shipped_pts() -> PtsData:
-    """The shipped dataset, validated (see ``lens_pivotal/data/pts/README.md`` for how it was made)."""
-    return load_pts(shipped_pts_path())
+def shipped_pts_path(name: str = ARITHMETIC_DATASET_ID) -> Path:
+    """Path of a shipped JSONL (its ``.progress.jsonl`` and the README, with the regenerating command, sit next to it)."""
+    if name not in SHIPPED_DATASETS:
+        raise ValueError(f"no shipped PTS dataset named {name!r}; the shipped ones are {', '.join(SHIPPED_DATASETS)}")
+    return Path(str(resources.files("lens_pivotal") / "data" / "pts" / SHIPPED_DATASETS[name]))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from lens_pivotal._io import JsonLine, jsonl_lines
+from lens_pivotal.pts.dataset import SHIPPED_DATASETS, shipped_pts_path
 
 V2_RENAMES = {"context": "pivot_context", "label": "pivot_token", "token_id": "pivot_token_id"}
 TEXT_FIELDS = ("model_id", "query", "pivot_context", "pivot_token")
@@ -232,7 +233,7 @@ def _dataset_records(source: str, rows: Iterable[dict[str, Any]]) -> Iterator[tu
 
 
 def _records(source: str | os.PathLike, split: str) -> Iterator[tuple[str, Any]]:
-    path = Path(source)
+    path = shipped_pts_path(str(source)) if str(source) in SHIPPED_DATASETS else Path(source)
     if path.suffix in (".jsonl", ".json") or path.is_file() and path.suffix != ".parquet":
         if not path.is_file():
             raise FileNotFoundError(f"PTS file {path} does not exist")
@@ -247,13 +248,15 @@ def _records(source: str | os.PathLike, split: str) -> Iterator[tuple[str, Any]]
 
 
 def load_pts(source: str | os.PathLike, *, strict: bool = True, split: str = "train") -> PtsData:
-    """Load PTS rows from a local JSONL or parquet file, or a hub dataset id (e.g. ``"codelion/Qwen3-0.6B-pts"``).
+    """Load PTS rows from a shipped dataset's name (``"lens_pivotal/arithmetic"``, ``"lens_pivotal/multistep_arithmetic"``),
+    a local JSONL or parquet file, or a hub dataset id (e.g. ``"codelion/Qwen3-0.6B-pts"``).
 
     v1 and v2 rows are normalised to :class:`PivotalToken`. Exact duplicates (every field equal but the
     timestamp; the public v1 sets stored each token twice) are dropped and counted in ``duplicates_dropped``.
 
     Args:
-        source: a ``.jsonl``/``.parquet`` path, or a hub id loaded with ``datasets.load_dataset`` (network).
+        source: a name in :data:`~lens_pivotal.pts.dataset.SHIPPED_DATASETS`, a ``.jsonl``/``.parquet`` path, or a
+            hub id loaded with ``datasets.load_dataset`` (network).
         strict: raise on the first invalid row; with ``False`` invalid rows are skipped, listed in ``skipped``
             and summarised in a warning.
         split: the split of a hub dataset.
@@ -283,6 +286,10 @@ def load_pts(source: str | os.PathLike, *, strict: bool = True, split: str = "tr
         warnings.warn(f"{source}: skipped {len(skipped)} invalid rows; first: {skipped[0]}", stacklevel=2)
     return PtsData(rows, str(source), duplicates, skipped)
 
+
+def load_shipped_pts(name: str = "lens_pivotal/arithmetic") -> PtsData:
+    """A shipped dataset by name, validated (see ``lens_pivotal/data/pts/README.md`` for how each was made)."""
+    return load_pts(shipped_pts_path(name))
 
 def write_rows(rows: Iterable[PivotalToken], handle: Any) -> int:
     """Append rows to an open text file as JSONL; returns how many were written."""
