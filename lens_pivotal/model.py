@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,28 @@ def block_of(hook_name: str) -> int | None:
     """The block whose output ``hook_name`` is (``blocks.{l}.hook_resid_post``), ``None`` for any other hook."""
     match = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook_name)
     return int(match.group(1)) if match else None
+
+
+def check_model_shape(model: Any, *, trained_on: str, d_model: int, n_layers: int, what: str) -> None:
+    """Raise ``ValueError`` unless ``model`` has the ``d_model`` and layer count of the model ``what`` (e.g. "these
+    probes") was made from; warn when only its name differs (a base and an instruct model share a shape, not a
+    residual stream)."""
+    theirs = (model.cfg.d_model, model.cfg.n_layers)
+    if theirs != (d_model, n_layers):
+        raise ValueError(
+            f"{what} were made from {trained_on!r} (d_model {d_model}, {n_layers} layers); {model.cfg.model_name!r} "
+            f"has d_model {theirs[0]} and {theirs[1]} layers"
+        )
+
+
+def warn_if_renamed(model: Any, *, trained_on: str, what: str, unknown: str = "unknown") -> None:
+    """Warn when ``model`` is not the model ``what`` were made from, by name (``unknown``: not recorded)."""
+    if trained_on not in (model.cfg.model_name, unknown):
+        warnings.warn(
+            f"{what} were made from {trained_on!r}, not from {model.cfg.model_name!r} (same shape): a base and an "
+            "instruct model, say, have different residual streams",
+            stacklevel=3,
+        )
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:

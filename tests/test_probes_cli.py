@@ -64,6 +64,6 @@ def test_errors_are_one_line(trained, capsys, tmp_path):
     _, out, _ = trained
     assert run(["probe", "score", "--probes", str(out / "probes"), "--model", str(tiny_qwen_dir("qwen3", n_layers=2)),
                 "--device", "cpu", "text"]) == 2
-    assert "these probes were trained on" in capsys.readouterr().err
+    assert "these probes were made from" in capsys.readouterr().err
     assert run(["probe", "train", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err

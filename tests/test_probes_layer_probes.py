@@ -153,7 +153,7 @@ def test_loading_onto_another_model_of_the_same_shape_warns(tmp_path, tiny_qwen3
     config["config"].update(model_name="Qwen/Qwen3-0.6B-Base", from_the_future=1)
     config["config"]["settings"]["new_knob"] = 2
     (tmp_path / "probes" / "config.json").write_text(json.dumps(config))
-    with pytest.warns(UserWarning, match="trained on 'Qwen/Qwen3-0.6B-Base', not on") as caught:
+    with pytest.warns(UserWarning, match="made from 'Qwen/Qwen3-0.6B-Base', not from") as caught:
         loaded = LayerProbes.load(tmp_path / "probes", model=tiny_qwen3_model)
     ignored = [str(w.message) for w in caught if "ignoring keys" in str(w.message)]
     assert any("from_the_future" in m for m in ignored) and any("new_knob" in m for m in ignored)

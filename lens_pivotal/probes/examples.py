@@ -35,8 +35,10 @@ class ProbeExamples:
     ``texts[i]`` is the text example ``i`` reads (it repeats once per example it holds), ``positions[i]`` the token
     index whose residual is read, ``labels[i]`` 1 when the NEXT token is pivotal, ``groups[i]`` its problem.
     ``token_ids[text_index[i]]`` is the tokenization the positions index; each distinct text is cached once.
-    ``mismatches`` lists the rows left out and why; ``query_not_found`` counts texts without their query (negatives
-    then come from the whole text); ``repeated_positives`` counts positives already held by another solution's text.
+    ``source_rows[i]`` is the index of a positive's PTS row (``None`` for a negative) and ``prob_deltas[i]`` its
+    ``prob_delta`` (the pivot's sign: toward or away from success). ``mismatches`` lists the rows left out and why;
+    ``query_not_found`` counts texts without their query (negatives then come from the whole text);
+    ``repeated_positives`` counts positives already held by another solution's text.
     """
 
     texts: list[str]
@@ -50,6 +52,7 @@ class ProbeExamples:
     query_not_found: int = 0
     repeated_positives: int = 0
     answer_starts: list[int] = field(default_factory=list)
+    prob_deltas: list[float | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -219,10 +222,12 @@ class _ExampleBuilder:
         self.query_not_found = 0
         self.repeated_positives = 0
         self.answer_header = _generation_header(tokenizer)
+        self.prob_deltas: dict[int, float] = {}
 
     def add_problem(self, group: str, members: list[tuple[int, PivotalToken]]) -> None:
         """Map the problem's rows, longest first, onto the solution texts they prefix."""
         texts: list[_Text] = []
+        self.prob_deltas.update({index: row.prob_delta for index, row in members})
         for index, row in sorted(members, key=lambda member: -len(member[1].pivot_context + member[1].pivot_token)):
             full = row.pivot_context + row.pivot_token
             text = next((text for text in texts if text.string.startswith(full)), None)
@@ -315,4 +320,5 @@ class _ExampleBuilder:
                 examples.groups.append(text.group)
                 examples.text_index.append(text_number)
                 examples.source_rows.append(row)
+                examples.prob_deltas.append(None if row is None else self.prob_deltas[row])
         return examples

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from lens_pivotal._io import atomic_dir
 from lens_pivotal.indices import resolve_index
-from lens_pivotal.model import EMBEDDING_HOOK, block_of
+from lens_pivotal.model import EMBEDDING_HOOK, block_of, check_model_shape, warn_if_renamed
 from lens_pivotal.probes.examples import group_folds, group_split
 from lens_pivotal.probes.baselines import check_baselines, fit_baselines, fit_logistic
 from lens_pivotal.probes.metrics import LayerMetrics, auroc, group_bootstrap_weights, heldout_metrics
@@ -396,23 +396,14 @@ class LayerProbes:
         probes.fitted = True
         if model is not None:
             probes.check_model(model)
-            if probes.config.model_name not in (model.cfg.model_name, UNKNOWN_MODEL):
-                warnings.warn(
-                    f"these probes were trained on {probes.config.model_name!r}, not on {model.cfg.model_name!r} (same "
-                    "shape): a base and an instruct model, say, have different residual streams",
-                    stacklevel=2,
-                )
+            warn_if_renamed(model, trained_on=probes.config.model_name, what="these probes", unknown=UNKNOWN_MODEL)
         return probes
 
     def check_model(self, model: Any) -> None:
         """Raise ``ValueError`` if ``model``'s ``d_model`` or layer count differ from the model these probes read."""
         config = self.config
-        theirs = (model.cfg.d_model, model.cfg.n_layers)
-        if theirs != (config.d_model, config.n_model_layers):
-            raise ValueError(
-                f"these probes were trained on {config.model_name!r} (d_model {config.d_model}, {config.n_model_layers} "
-                f"layers); {model.cfg.model_name!r} has d_model {theirs[0]} and {theirs[1]} layers"
-            )
+        check_model_shape(model, trained_on=config.model_name, d_model=config.d_model, n_layers=config.n_model_layers,
+                          what="these probes")
 
     def score_text(self, model: Any, text: str | Sequence[int] | Tensor, layer: LayerChoice = None) -> TokenScores:
         """Per-token probability that the NEXT token is pivotal; see :func:`lens_pivotal.probes.scoring.score_text`."""
