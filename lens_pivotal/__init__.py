@@ -1,6 +1,6 @@
 """lens_pivotal: a TransformerLens plugin for residual caching, pivotal-token probes, PatchScope and PTS.
 
-Data flows ``model → resid → probes / patchscope / attributions → views``::
+Data flows ``model → resid → probes / patchscope / attributions / steering → views``::
 
     import lens_pivotal as lp
     model = lp.load_model("Qwen/Qwen3-0.6B")              # a TransformerLens model
@@ -8,9 +8,10 @@ Data flows ``model → resid → probes / patchscope / attributions → views``:
     examples = lp.probe_examples(model, lp.load_pts("pts.jsonl"))
     probes = lp.train_probes(examples.cache(model), examples.labels, groups=examples.groups, model=model)
     lp.attribute_tokens(model, text, target=probes, layer=probes.best_layer).view()  # which tokens drive the probe
+    hook = lp.steering_hook(lp.steering_vectors(acts, examples), 4.0, layer=12, gate=(probes, 0.5))  # intervene
 """
 
-from lens_pivotal import attributions, patchscope, probes, pts, resid, tokens, viz
+from lens_pivotal import attributions, patchscope, probes, pts, resid, steering, tokens, viz
 from lens_pivotal.attributions import HeadAttribution, TokenAttribution, attribute_tokens, head_attributions
 from lens_pivotal.embedded import embedded_model
 from lens_pivotal.kv_cache import KVCacheError
@@ -27,6 +28,7 @@ from lens_pivotal.patchscope import (
 from lens_pivotal.probes import LayerProbes, generate_with_scores, group_split, probe_examples, train_probes
 from lens_pivotal.pts import load_pts, search_pivotal_tokens
 from lens_pivotal.resid import ResidStore, cache_resid_post
+from lens_pivotal.steering import SteeringVectors, steering_hook, steering_vectors
 from lens_pivotal.viz import save_figure
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "LayerProbes",
     "Patchscope",
     "ResidStore",
+    "SteeringVectors",
     "TokenAttribution",
     "UnsupportedArchitectureError",
     "attribute_extraction",
@@ -61,6 +64,9 @@ __all__ = [
     "resid_post_hook",
     "save_figure",
     "search_pivotal_tokens",
+    "steering",
+    "steering_hook",
+    "steering_vectors",
     "tokens",
     "train_probes",
     "viz",

@@ -13,7 +13,7 @@ import lens_pivotal as lp
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC_MODULES = [
-    "lens_pivotal", "lens_pivotal.attributions", "lens_pivotal.patchscope", "lens_pivotal.probes", "lens_pivotal.pts", "lens_pivotal.resid", "lens_pivotal.viz",
+    "lens_pivotal", "lens_pivotal.attributions", "lens_pivotal.patchscope", "lens_pivotal.probes", "lens_pivotal.pts", "lens_pivotal.resid", "lens_pivotal.steering", "lens_pivotal.viz",
 ]
 
 

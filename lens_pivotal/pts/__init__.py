@@ -24,15 +24,15 @@ from lens_pivotal.pts.summary import summarize
 
 __all__ = [
     "ARITHMETIC_ONE_SHOT",
-    "MULTISTEP_FEW_SHOT",
-    "SHIPPED_DATASETS",
     "ArithmeticConfig",
     "HFRollouts",
+    "MULTISTEP_FEW_SHOT",
     "PivotalToken",
     "Problem",
     "PromptFormat",
     "PtsData",
     "PtsFormatError",
+    "SHIPPED_DATASETS",
     "SamplingConfig",
     "SearchConfig",
     "VLLMRollouts",

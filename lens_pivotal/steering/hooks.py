@@ -1,0 +1,128 @@
+"""Steering as a TransformerLens hook: add a vector to ``resid_post`` at chosen positions, optionally only where a
+probe, reading the same residual before the addition, says the next token is likely pivotal.
+
+    hook = lp.steering_hook(vectors, alpha=4.0, layer=12, positions="generated", gate=(probes, 0.5))
+    with model.hooks(fwd_hooks=[hook.fwd_hook]):      # beside the package's other hooks and your own
+        model.generate(prompt, max_new_tokens=64)     # KV-cached decode steps are steered (and gated) one by one
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from lens_pivotal.model import resid_post_hook
+from lens_pivotal.probes.layer_probes import LayerProbes
+from lens_pivotal.steering.vectors import SteeringVectors
+
+Positions = Literal["all", "generated"] | Sequence[int]
+
+
+class SteeringHook:
+    """A hook function ``(resid, hook) -> resid + mask * addition`` for one ``hook_name``.
+
+    ``positions``: ``"all"``; ``"generated"``, the position that predicts each new token (the last position of every
+    forward pass: the prompt's last token, then each KV-cached decode step); or absolute token indices (a pass of more
+    than one position starts a new sequence at 0, a one-position pass continues it). ``gate``: ``(probes, index,
+    threshold)``, steering only where ``probes``' layer ``index`` scores the unsteered residual at least
+    ``threshold``. Each pass appends its ``[batch, pos]`` steering mask to :attr:`masks`.
+    """
+
+    def __init__(
+        self,
+        hook_name: str,
+        addition: Float[Tensor, " d_model"],
+        positions: Positions = "all",
+        gate: tuple[LayerProbes, int, float] | None = None,
+    ) -> None:
+        if isinstance(positions, str) and positions not in ("all", "generated"):
+            raise ValueError(f"positions must be 'all', 'generated' or a list of token indices, got {positions!r}")
+        self.hook_name = hook_name
+        self.addition = addition
+        self.positions = positions if isinstance(positions, str) else sorted(set(int(p) for p in positions))
+        self.gate = gate
+        self.masks: list[Tensor] = []
+        self._offset = 0
+
+    @property
+    def fwd_hook(self) -> tuple[str, SteeringHook]:
+        """``(hook_name, self)``, ready for ``fwd_hooks=[...]``."""
+        return self.hook_name, self
+
+    @property
+    def n_steered(self) -> int:
+        """How many (batch row, position) states were steered so far."""
+        return int(sum(mask.sum() for mask in self.masks))
+
+    def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any) -> Float[Tensor, "batch pos d_model"]:
+        batch, length, d_model = resid.shape
+        mask = self._position_mask(length, resid.device).expand(batch, length)
+        if self.gate is not None:
+            probes, index, threshold = self.gate
+            with torch.no_grad():
+                scores = probes.proba_at([index], resid.detach().reshape(1, batch * length, d_model)).view(batch, length)
+            mask = mask & (scores.to(resid.device) >= threshold)
+        self.masks.append(mask.cpu())
+        return resid + mask.unsqueeze(-1).to(resid.dtype) * self.addition.to(resid)
+
+    def _position_mask(self, length: int, device: torch.device) -> Tensor:
+        self._offset = 0 if length > 1 else self._offset
+        start, self._offset = self._offset, self._offset + length
+        if self.positions == "all":
+            return torch.ones(length, dtype=torch.bool, device=device)
+        if self.positions == "generated":
+            return torch.arange(length, device=device) == length - 1
+        absolute = torch.arange(start, start + length, device=device)
+        return torch.isin(absolute, torch.tensor(self.positions, dtype=torch.long, device=device))
+
+    def reset(self) -> None:
+        """Forget the recorded masks and the position count (before an unrelated sequence of one-token passes)."""
+        self.masks.clear()
+        self._offset = 0
+
+
+def steering_hook(
+    vector: SteeringVectors | Float[Tensor, " d_model"],
+    alpha: float,
+    *,
+    layer: int,
+    positions: Positions = "all",
+    gate: tuple[LayerProbes, float] | None = None,
+    absolute: bool = False,
+    residual_norm: float | None = None,
+) -> SteeringHook:
+    """A hook for ``blocks.{layer}.hook_resid_post`` adding ``alpha * unit(vector) * scale``.
+
+    Args:
+        vector: :class:`SteeringVectors` (``layer`` indexes its layers; its hook and mean residual norm are used) or a
+            raw ``[d_model]`` tensor (``layer`` is the block).
+        alpha: the step, in units of the layer's mean residual norm (``scale``), or absolute with ``absolute=True``.
+        positions: ``"all"``, ``"generated"`` or token indices (see :class:`SteeringHook`).
+        gate: ``(probes, threshold)``: steer only where the probe reading this hook scores the unsteered residual at
+            least ``threshold`` (steering only where the model is about to choose a pivotal token).
+        residual_norm: the scale for a raw tensor when ``absolute`` is False.
+    """
+    if isinstance(vector, SteeringVectors):
+        index = vector.index(layer)
+        hook_name, unit = vector.config.hook_names[index], vector.unit(index)
+        scale = 1.0 if absolute else vector.config.residual_norm[index]
+    else:
+        if vector.ndim != 1:
+            raise ValueError(f"vector must be [d_model] or SteeringVectors, got shape {tuple(vector.shape)}")
+        if not absolute and residual_norm is None:
+            raise ValueError("a raw vector needs residual_norm=... (the layer's mean residual norm) or absolute=True")
+        hook_name, unit = resid_post_hook(layer), vector.float() / vector.float().norm().clamp_min(1e-12)
+        scale = 1.0 if absolute else float(residual_norm)
+    return SteeringHook(hook_name, alpha * scale * unit, positions, _gate(gate, hook_name))
+
+
+def _gate(gate: tuple[LayerProbes, float] | None, hook_name: str) -> tuple[LayerProbes, int, float] | None:
+    if gate is None:
+        return None
+    probes, threshold = gate
+    if hook_name not in probes.config.hook_names:
+        raise ValueError(f"the gate's probes read {probes.config.hook_names}, not {hook_name!r}, the steered hook")
+    return probes, probes.config.hook_names.index(hook_name), float(threshold)

@@ -1,0 +1,113 @@
+"""Steering hooks against a plain Hugging Face model steered by hand (a forward hook on the decoder layer adding the
+same vector): exact positions, gating on the probe's own score, and KV-cached decode steps during ``generate``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import lens_pivotal as lp
+from lens_pivotal.probes import LayerProbes, ProbeSettings
+from lens_pivotal.testing import tiny_qwen_dir
+
+LAYER, ALPHA, NORM = 1, 3.0, 2.5
+IDS = [[5, 17, 42, 8, 99, 23, 7]]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return AutoModelForCausalLM.from_pretrained(tiny_qwen_dir("qwen3"), dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def direction():
+    return torch.randn(64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def probes(tiny_qwen3_model):
+    generator = torch.Generator().manual_seed(1)
+    acts = torch.randn(3, 60, 64, generator=generator)
+    labels = (acts[:, :, 0].mean(0) > 0).float()
+    return LayerProbes.from_model(tiny_qwen3_model, settings=ProbeSettings(l2=1.0)).fit(acts, labels, [str(i // 4) for i in range(60)])
+
+
+def hand_steered_logits(reference, ids, add_at):
+    """HF logits with ``add_at(hidden [batch, pos, d]) -> addition`` added to decoder layer LAYER's output."""
+
+    def hook(module, inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        steered = hidden + add_at(hidden)
+        return (steered, *output[1:]) if isinstance(output, tuple) else steered
+
+    handle = reference.model.layers[LAYER].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            return reference(torch.tensor(ids)).logits
+    finally:
+        handle.remove()
+
+
+def unit(vector):
+    return vector / vector.norm()
+
+
+@pytest.mark.parametrize("positions", ["all", [1, 4], "generated"])
+def test_adds_alpha_unit_times_scale_at_the_chosen_positions_only(tiny_qwen3_model, reference, direction, positions):
+    hook = lp.steering_hook(direction, ALPHA, layer=LAYER, positions=positions, residual_norm=NORM)
+    with torch.no_grad(), tiny_qwen3_model.hooks(fwd_hooks=[hook.fwd_hook]):
+        ours = tiny_qwen3_model(torch.tensor(IDS))
+    chosen = {"all": range(7), "generated": [6]}.get(positions, positions) if isinstance(positions, str) else positions
+    mask = torch.zeros(1, 7, 1)
+    mask[0, list(chosen)] = 1
+    expected = hand_steered_logits(reference, IDS, lambda hidden: mask * ALPHA * NORM * unit(direction))
+    unsteered = hand_steered_logits(reference, IDS, lambda hidden: 0 * hidden)
+    hf_centred = expected - expected.mean(-1, keepdim=True)  # compatibility mode centres the unembedding
+    torch.testing.assert_close(ours - ours.mean(-1, keepdim=True), hf_centred, atol=1e-4, rtol=1e-4)
+    assert (expected - unsteered).abs().max() > 1e-2  # the addition matters, so the comparison can fail
+    assert hook.masks[0].tolist() == [[position in chosen for position in range(7)]] and hook.n_steered == len(chosen)
+    assert hook.hook_name == f"blocks.{LAYER}.hook_resid_post"
+
+
+def test_gate_follows_the_probes_own_score_on_the_unsteered_state(tiny_qwen3_model, reference, direction, probes):
+    with torch.no_grad():
+        hidden = reference(torch.tensor(IDS), output_hidden_states=True).hidden_states[LAYER + 1][0]
+    weight, bias = probes.weight[LAYER], probes.bias[LAYER]  # the probe's arithmetic, by hand on HF's state
+    scores = torch.sigmoid(((hidden - probes.mean[LAYER]) / probes.scale[LAYER]) @ weight + bias)
+    threshold = float(scores.median())
+    hook = lp.steering_hook(direction, ALPHA, layer=LAYER, residual_norm=NORM, gate=(probes, threshold))
+    with torch.no_grad(), tiny_qwen3_model.hooks(fwd_hooks=[hook.fwd_hook]):
+        ours = tiny_qwen3_model(torch.tensor(IDS))
+    gate = (scores >= threshold).float()[None, :, None]
+    expected = hand_steered_logits(reference, IDS, lambda h: gate * ALPHA * NORM * unit(direction))
+    torch.testing.assert_close(ours - ours.mean(-1, keepdim=True), expected - expected.mean(-1, keepdim=True), atol=1e-4, rtol=1e-4)
+    assert hook.masks[0][0].tolist() == (scores >= threshold).tolist() and 0 < hook.n_steered < 7
+
+
+def test_decode_steps_are_steered_during_generate(tiny_qwen3_model, reference, direction):
+    steps = 6
+    hook = lp.steering_hook(direction, 8.0, layer=LAYER, positions="generated", residual_norm=NORM)
+    with tiny_qwen3_model.hooks(fwd_hooks=[hook.fwd_hook]):
+        ours = tiny_qwen3_model.generate(torch.tensor(IDS), max_new_tokens=steps, do_sample=False,
+                                         use_past_kv_cache=True, return_type="tokens", verbose=False)
+    ids = list(IDS[0])
+    for _ in range(steps):  # HF greedy decoding, re-running the whole sequence, steering its last position
+        last = torch.zeros(1, len(ids), 1)
+        last[0, -1] = 1
+        logits = hand_steered_logits(reference, [ids], lambda h, last=last: last * 8.0 * NORM * unit(direction))
+        ids.append(int(logits[0, -1].argmax()))
+    assert ours[0].tolist() == ids
+    assert [mask.shape[1] for mask in hook.masks] == [7] + [1] * (steps - 1) and hook.n_steered == steps
+    plain = tiny_qwen3_model.generate(torch.tensor(IDS), max_new_tokens=steps, do_sample=False, use_past_kv_cache=True,
+                                      return_type="tokens", verbose=False)
+    assert plain[0].tolist() != ids  # steering changed the continuation
+
+
+def test_bad_arguments_are_named(tiny_qwen3_model, direction, probes):
+    with pytest.raises(ValueError, match="residual_norm"):
+        lp.steering_hook(direction, 1.0, layer=LAYER)
+    with pytest.raises(ValueError, match="positions must be"):
+        lp.steering_hook(direction, 1.0, layer=LAYER, absolute=True, positions="prompt")
+    with pytest.raises(ValueError, match="the gate's probes read"):
+        lp.steering_hook(direction, 1.0, layer=LAYER, absolute=True, gate=(probes[0], 0.5))
