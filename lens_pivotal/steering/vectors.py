@@ -55,7 +55,7 @@ class SteeringConfig:
 
 class SteeringVectors:
     """One steering vector per layer, ``vectors [n_layers, d_model]`` in residual-stream units, for the hooks
-    ``config.hook_names`` (``blocks.{l}.hook_resid_post``)."""
+    ``config.hook_names`` (``blocks.{l}.hook_resid_post``); :func:`~lens_pivotal.steering.steering_hook` applies one."""
 
     def __init__(self, vectors: Float[Tensor, "n_layers d_model"], config: SteeringConfig) -> None:
         if vectors.shape != (len(config.hook_names), config.d_model):
@@ -81,13 +81,6 @@ class SteeringVectors:
         """Layer ``layer``'s vector scaled to unit norm."""
         vector = self.vectors[self.index(layer)]
         return vector / vector.norm().clamp_min(1e-12)
-
-    def hook(self, layer: int, alpha: float, **options: Any) -> Any:
-        """A :class:`~lens_pivotal.steering.SteeringHook` adding ``alpha`` × this layer's mean residual norm along
-        its unit vector (``absolute=True``: ``alpha`` itself); ``options`` as for :func:`steering_hook`."""
-        from lens_pivotal.steering.hooks import steering_hook
-
-        return steering_hook(self, alpha, layer=layer, **options)
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``vectors.safetensors`` and ``config.json`` to ``directory`` (atomically: all or nothing)."""
