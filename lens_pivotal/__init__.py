@@ -28,7 +28,7 @@ from lens_pivotal.patchscope import (
 from lens_pivotal.probes import LayerProbes, generate_with_scores, group_split, probe_examples, train_probes
 from lens_pivotal.pts import load_pts, search_pivotal_tokens
 from lens_pivotal.resid import ResidStore, cache_resid_post
-from lens_pivotal.steering import SteeringVectors, steering_hook, steering_vectors
+from lens_pivotal.steering import SteeringVectors, evaluate_steering, steering_hook, steering_vectors
 from lens_pivotal.viz import save_figure
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "cache_resid_post",
     "embedded_model",
     "entity_description",
+    "evaluate_steering",
     "generate_with_scores",
     "group_split",
     "head_attributions",

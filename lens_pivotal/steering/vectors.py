@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -37,8 +37,8 @@ Sign = Literal["positive", "negative", "any"]
 @dataclass
 class SteeringConfig:
     """What the vectors were made from: the base model and its shape, the hooks they belong to, the method, which
-    pivots (``sign`` of ``prob_delta``) and how many states on each side, and each layer's mean residual norm (the
-    unit a relative ``alpha`` is measured in)."""
+    pivots (``sign`` of ``prob_delta``) and how many states on each side, each layer's mean residual norm (the
+    unit a relative ``alpha`` is measured in), and the problems they were built from (never evaluate on those)."""
 
     model_name: str
     d_model: int
@@ -49,6 +49,7 @@ class SteeringConfig:
     n_pivotal: int
     n_other: int
     residual_norm: list[float]
+    groups: list[str] = field(default_factory=list)
     model_source: str = ""
     format: str = FORMAT
 
@@ -151,6 +152,7 @@ def steering_vectors(
         raise ValueError(f"acts must be [n_layers, {len(examples)} examples, d_model], got {tuple(acts.shape)}")
     pivotal, other = _sides(examples, sign)
     config = _config(acts, model, layers, embeddings, method, sign, int(pivotal.sum()), int(other.sum()))
+    config.groups = sorted(set(examples.groups))
     if method == "probe":
         vectors = _probe_vectors(probes, config, sign)
     else:
