@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any, Callable
 
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -30,7 +31,16 @@ def load_model_from_args(args: argparse.Namespace) -> TransformerBridge:
 
 def parse_ints(text: str, what: str) -> list[int]:
     """``"0,6,12"`` as ``[0, 6, 12]``; anything else exits with an error naming the option ``what``."""
+    return _parse_list(text, what, int, "integers")
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    """``"1,2.5,4"`` as ``[1.0, 2.5, 4.0]``; anything else exits with an error naming the option ``what``."""
+    return _parse_list(text, what, float, "numbers")
+
+
+def _parse_list(text: str, what: str, convert: Callable[[str], Any], noun: str) -> list[Any]:
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        return [convert(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise SystemExit(f"error: {what} must be comma-separated integers, got {text!r}") from None
+        raise SystemExit(f"error: {what} must be comma-separated {noun}, got {text!r}") from None

@@ -1,5 +1,5 @@
 """The ``lens-pivotal`` command line: the main parser, ``demo`` and ``cache``; each subpackage registers its own
-commands (``patchscope``, ``pts``, ``probe``, ``attribute``)."""
+commands (``patchscope``, ``pts``, ``probe``, ``attribute``, ``steer``)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from lens_pivotal.cli.arguments import EMBEDDED, add_model_arguments, load_model
 from lens_pivotal.patchscope.cli import register as register_patchscope
 from lens_pivotal.probes.cli import register as register_probes
 from lens_pivotal.pts.cli import register as register_pts
+from lens_pivotal.steering.cli import register as register_steering
 
 
 def _read_inputs(path: Path, text_field: str, positions_field: str, default_positions: list[int]):
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_patchscope(commands)
     register_pts(commands)
     register_probes(commands)
+    register_steering(commands)
     register_attributions(commands)
     return parser
 

@@ -38,18 +38,7 @@ def _add_search(commands: argparse._SubParsersAction) -> None:
     )
     add_model_arguments(search, EMBEDDED)
     search.add_argument("--out", required=True, help="output JSONL (NAME.progress.jsonl is kept next to it)")
-    search.add_argument("--problems", default="arithmetic", help=f"{PROBLEM_SOURCES} (default: arithmetic)")
-    group = search.add_argument_group("built-in arithmetic problems")
-    group.add_argument("--n-problems", type=int, default=None,
-                       help="how many problems (default: 100 generated; all of gsm8k or of a JSONL file)")
-    group.add_argument("--n-operations", type=int, default=1, help="operations per problem (default: 1)")
-    group.add_argument("--max-operations", type=int, default=None,
-                       help="draw each problem's operation count from N-OPERATIONS..this (default: exactly N-OPERATIONS)")
-    group.add_argument("--dataset-id", default=None, help="dataset_id of the problems (default: lens_pivotal/arithmetic)")
-    group.add_argument("--operand-range", default="2,20", help="LOW,HIGH inclusive (default: 2,20)")
-    group.add_argument("--operations", default="+-*", help="any of + - * (default: +-*)")
-    group.add_argument("--problem-seed", type=int, default=0, help="generator seed (default: 0)")
-    search.add_argument("--gsm8k-split", default="test", help="GSM8K split (default: test)")
+    add_problem_arguments(search)
     sampling = search.add_argument_group("search settings (defaults from codelion/pts)")
     sampling.add_argument("--num-samples", type=int, default=DEFAULTS.num_samples)
     sampling.add_argument("--prob-threshold", type=float, default=DEFAULTS.prob_threshold)
@@ -69,6 +58,22 @@ def _add_search(commands: argparse._SubParsersAction) -> None:
     search.set_defaults(func=_cmd_search)
 
 
+def add_problem_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--problems`` and the built-in arithmetic generator's options (read back by :func:`problems_from_args`)."""
+    parser.add_argument("--problems", default="arithmetic", help=f"{PROBLEM_SOURCES} (default: arithmetic)")
+    group = parser.add_argument_group("built-in arithmetic problems")
+    group.add_argument("--n-problems", type=int, default=None,
+                       help="how many problems (default: 100 generated; all of gsm8k or of a JSONL file)")
+    group.add_argument("--n-operations", type=int, default=1, help="operations per problem (default: 1)")
+    group.add_argument("--max-operations", type=int, default=None,
+                       help="draw each problem's operation count from N-OPERATIONS..this (default: exactly N-OPERATIONS)")
+    group.add_argument("--dataset-id", default=None, help="dataset_id of the problems (default: lens_pivotal/arithmetic)")
+    group.add_argument("--operand-range", default="2,20", help="LOW,HIGH inclusive (default: 2,20)")
+    group.add_argument("--operations", default="+-*", help="any of + - * (default: +-*)")
+    group.add_argument("--problem-seed", type=int, default=0, help="generator seed (default: 0)")
+    parser.add_argument("--gsm8k-split", default="test", help="GSM8K split (default: test)")
+
+
 def _operand_range(text: str) -> tuple[int, int]:
     try:
         low, high = (int(part) for part in text.split(","))
@@ -77,7 +82,8 @@ def _operand_range(text: str) -> tuple[int, int]:
     return low, high
 
 
-def _problems(args: argparse.Namespace) -> list[Any]:
+def problems_from_args(args: argparse.Namespace) -> list[Any]:
+    """The problems :func:`add_problem_arguments`' options name."""
     from lens_pivotal.pts import problems
 
     if args.problems == "arithmetic":
@@ -117,7 +123,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    problems = _problems(args)
+    problems = problems_from_args(args)
     prompt = PROMPT_PRESETS[args.prompt]
     if args.no_chat_template:
         prompt = dataclasses.replace(prompt, chat_template=False)

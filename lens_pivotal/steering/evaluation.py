@@ -19,7 +19,7 @@ from lens_pivotal.pts.problems import Problem, numeric_oracle
 from lens_pivotal.pts.prompts import PromptFormat, prompt_token_ids
 from lens_pivotal.pts.rollouts import SamplingConfig
 from lens_pivotal.pts.search import derive_seed, hf_backend
-from lens_pivotal.steering.hooks import SteeringHook
+from lens_pivotal.steering.hooks import SteeringHook, steering_hook
 from lens_pivotal.viz import format_table
 
 NO_STEERING = "none"
@@ -147,3 +147,26 @@ def _summarise(name: str, solved: np.ndarray, baseline: np.ndarray, lengths: np.
         name, float(solved.mean()), float(low), float(high), float((solved - baseline).mean()), float(minus_low),
         float(minus_high), float(lengths.mean()), solved.tolist(),
     )
+
+
+def setting_name(kind: str, alpha: float) -> str:
+    """The name :func:`alpha_sweep` gives a setting: ``"steered a=4"``, ``"gated a=4"``."""
+    return f"{kind} a={alpha:g}"
+
+
+def alpha_sweep(
+    vectors: Any,
+    layer: int,
+    alphas: Sequence[float],
+    *,
+    positions: Any = "generated",
+    gate: tuple[Any, float] | None = None,
+) -> dict[str, SteeringHook]:
+    """Settings for :func:`evaluate_steering`: ``"steered a=ALPHA"`` for each alpha and, with ``gate=(probes,
+    threshold)``, ``"gated a=ALPHA"`` (the same vector added only where the probe fires)."""
+    settings = {}
+    for alpha in alphas:
+        settings[setting_name("steered", alpha)] = steering_hook(vectors, alpha, layer=layer, positions=positions)
+        if gate is not None:
+            settings[setting_name("gated", alpha)] = steering_hook(vectors, alpha, layer=layer, positions=positions, gate=gate)
+    return settings
