@@ -14,7 +14,7 @@ from lens_pivotal.testing import tiny_qwen_dir
 FIXTURE = Path(__file__).parent / "fixtures" / "qwen3_0.6b_real_rows.jsonl"
 
 
-@pytest.mark.parametrize("command", ["search", "show"])
+@pytest.mark.parametrize("command", ["search", "show", "export"])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run(["pts", command, "--help"])
@@ -49,3 +49,20 @@ def test_search_runs_end_to_end_and_records_every_problem(tmp_path, capsys):
     assert [record["dataset_item_id"] for record in records[1:]] == ["0", "1"]
     assert run(argv[:-2] + ["--operand-range", "3", "--out", str(tmp_path / "other.jsonl")]) == 2
     assert "operand-range" in capsys.readouterr().err
+
+
+def test_export_writes_steering_records_and_dpo_pairs(tmp_path, synthetic_rows, capsys):
+    from lens_pivotal.pts.schema import write_rows
+
+    data = tmp_path / "rows.jsonl"
+    with data.open("w") as handle:
+        write_rows(synthetic_rows[:4], handle)
+    model = ["--model", str(tiny_qwen_dir("qwen3")), "--device", "cpu"]
+    assert run(["pts", "export", "--data", str(data), "--format", "steering", "--layer", "2", "--out", str(tmp_path / "s.jsonl"), *model]) == 0
+    records = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and len(records[0]["vector"]) == 64 and records[0]["hook_name"] == "blocks.2.hook_resid_post"
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps({"question": "q", "answer": "12", "id": str(item)}) + "\n" for item in range(2)))
+    code = run(["pts", "export", "--data", str(data), "--format", "dpo", "--out", str(tmp_path / "d.jsonl"), "--problems",
+                str(problems), "--dataset-id", "synthetic", "--num-samples", "2", "--max-new-tokens", "2", *model])
+    assert code == 0 and "rows without a measured counterpart left out" in capsys.readouterr().out

@@ -18,6 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pts = subparsers.add_parser("pts", help="Pivotal Token Search: find tokens that swing P(correct answer); inspect PTS files")
     commands = pts.add_subparsers(dest="pts_command", required=True)
     _add_search(commands)
+    _add_export(commands)
     show = commands.add_parser(
         "show", help="summarise a PTS file: rows, problems, sign balance, prob_delta histogram",
         description="Load a PTS JSONL/parquet file or hub id (v1 or v2 schema), validate it and print a summary.",
@@ -58,6 +59,29 @@ def _add_search(commands: argparse._SubParsersAction) -> None:
     search.set_defaults(func=_cmd_search)
 
 
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export", help="PTS rows as DPO pairs with measured counterparts, or as one residual vector per pivot",
+        description="--format dpo: {prompt, chosen, rejected, metadata} pairs; the counterpart of each pivot is the "
+        "alternative next token whose P(success), measured by rollouts, differs from the pivot's by at least "
+        "--prob-threshold (rows without one are left out and counted). The problems (for their answers) are given as "
+        "for 'pts search'. --format steering: the residual at the pivot position and --layer, per row.",
+    )
+    add_model_arguments(export, EMBEDDED)
+    export.add_argument("--data", required=True, help="PTS rows: a file, a shipped name or a hub id")
+    export.add_argument("--format", choices=("dpo", "steering"), required=True)
+    export.add_argument("--out", required=True, help="output JSONL")
+    export.add_argument("--layer", type=int, default=None, help="block of the residual (steering; default: the middle)")
+    add_problem_arguments(export)
+    counterparts = export.add_argument_group("counterpart measurement (dpo)")
+    counterparts.add_argument("--candidates", type=int, default=5, help="alternative tokens tried per row (default: 5)")
+    counterparts.add_argument("--num-samples", type=int, default=16, help="rollouts per estimate (default: 16)")
+    counterparts.add_argument("--max-new-tokens", type=int, default=64, help="tokens per rollout (default: 64)")
+    counterparts.add_argument("--prob-threshold", type=float, default=DEFAULTS.prob_threshold)
+    counterparts.add_argument("--seed", type=int, default=0)
+    export.set_defaults(func=_cmd_export)
+
+
 def add_problem_arguments(parser: argparse.ArgumentParser) -> None:
     """``--problems`` and the built-in arithmetic generator's options (read back by :func:`problems_from_args`)."""
     parser.add_argument("--problems", default="arithmetic", help=f"{PROBLEM_SOURCES} (default: arithmetic)")
@@ -67,7 +91,8 @@ def add_problem_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--n-operations", type=int, default=1, help="operations per problem (default: 1)")
     group.add_argument("--max-operations", type=int, default=None,
                        help="draw each problem's operation count from N-OPERATIONS..this (default: exactly N-OPERATIONS)")
-    group.add_argument("--dataset-id", default=None, help="dataset_id of the problems (default: lens_pivotal/arithmetic)")
+    group.add_argument("--dataset-id", default=None,
+                       help="dataset_id of the problems (default: lens_pivotal/arithmetic, or a JSONL file's name)")
     group.add_argument("--operand-range", default="2,20", help="LOW,HIGH inclusive (default: 2,20)")
     group.add_argument("--operations", default="+-*", help="any of + - * (default: +-*)")
     group.add_argument("--problem-seed", type=int, default=0, help="generator seed (default: 0)")
@@ -95,7 +120,7 @@ def problems_from_args(args: argparse.Namespace) -> list[Any]:
         return problems.arithmetic_problems(config)
     if args.problems == "gsm8k":
         return problems.gsm8k_problems(args.gsm8k_split, limit=args.n_problems)
-    return problems.load_problems_jsonl(args.problems)[: args.n_problems]
+    return problems.load_problems_jsonl(args.problems, dataset_id=args.dataset_id)[: args.n_problems]
 
 
 def _backend(args: argparse.Namespace, model: Any) -> Any:
@@ -136,6 +161,29 @@ def _cmd_search(args: argparse.Namespace) -> int:
     )
     found = sum(1 for _ in rows)
     print(f"{found} new pivotal tokens from {len(problems)} problems; all rows are in {args.out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from lens_pivotal._io import atomic_write_text
+    from lens_pivotal.pts.export import CounterpartSearch, dpo_pairs, steering_records
+    from lens_pivotal.pts.rollouts import SamplingConfig
+    from lens_pivotal.pts.schema import load_pts
+    from lens_pivotal.pts.search import hf_backend
+
+    rows = load_pts(args.data).rows
+    model = load_model_from_args(args)
+    if args.format == "steering":
+        records = steering_records(model, rows, model.cfg.n_layers // 2 if args.layer is None else args.layer)
+        skipped = 0
+    else:
+        search = CounterpartSearch(args.candidates, args.num_samples, args.max_new_tokens, args.prob_threshold, args.seed)
+        export = dpo_pairs(model, rows, problems_from_args(args), hf_backend(model, SamplingConfig()), search=search)
+        records, skipped = export.pairs, export.skipped
+    atomic_write_text(args.out, "".join(json.dumps(record) + "\n" for record in records))
+    print(f"wrote {len(records)} {args.format} records to {args.out}; {skipped} rows without a measured counterpart left out")
     return 0
 
 
