@@ -33,6 +33,7 @@ def resid_post_hook(layer: int) -> str:
 
 
 EMBEDDING_HOOK = "blocks.0.hook_resid_pre"
+UNKNOWN_MODEL = "unknown"  # the model name recorded by probes or vectors made without a model
 
 
 class StopForward(Exception):
@@ -44,6 +45,12 @@ def block_of(hook_name: str) -> int | None:
     """The block whose output ``hook_name`` is (``blocks.{l}.hook_resid_post``), ``None`` for any other hook."""
     match = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook_name)
     return int(match.group(1)) if match else None
+
+
+def layer_label(hook_name: str) -> str:
+    """Short label of a hook: the block number, or ``"emb"`` for the embedding stream."""
+    block = block_of(hook_name)
+    return str(block) if block is not None else ("emb" if hook_name == EMBEDDING_HOOK else hook_name)
 
 
 def check_model_shape(model: Any, *, trained_on: str, d_model: int, n_layers: int, what: str) -> None:
@@ -58,7 +65,7 @@ def check_model_shape(model: Any, *, trained_on: str, d_model: int, n_layers: in
         )
 
 
-def warn_if_renamed(model: Any, *, trained_on: str, what: str, unknown: str = "unknown") -> None:
+def warn_if_renamed(model: Any, *, trained_on: str, what: str, unknown: str = UNKNOWN_MODEL) -> None:
     """Warn when ``model`` is not the model ``what`` were made from, by name (``unknown``: not recorded)."""
     if trained_on not in (model.cfg.model_name, unknown):
         warnings.warn(

@@ -1,4 +1,4 @@
-"""Arguments every command shares: which model to load, and integer lists."""
+"""Arguments the commands share: which model to load, which problems to use, and number lists."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from lens_pivotal.embedded import embedded_model
 from lens_pivotal.model import load_model
+from lens_pivotal.pts import problems
 
 EMBEDDED = "embedded"
 
@@ -44,3 +45,45 @@ def _parse_list(text: str, what: str, convert: Callable[[str], Any], noun: str) 
         return [convert(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise SystemExit(f"error: {what} must be comma-separated {noun}, got {text!r}") from None
+
+
+PROBLEM_SOURCES = "'arithmetic' (built-in generator), 'gsm8k' (online, through datasets) or a JSONL file of {question, answer}"
+
+
+def add_problem_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--problems`` and the built-in arithmetic generator's options (read back by :func:`problems_from_args`)."""
+    parser.add_argument("--problems", default="arithmetic", help=f"{PROBLEM_SOURCES} (default: arithmetic)")
+    group = parser.add_argument_group("built-in arithmetic problems")
+    group.add_argument("--n-problems", type=int, default=None,
+                       help="how many problems (default: 100 generated; all of gsm8k or of a JSONL file)")
+    group.add_argument("--n-operations", type=int, default=1, help="operations per problem (default: 1)")
+    group.add_argument("--max-operations", type=int, default=None,
+                       help="draw each problem's operation count from N-OPERATIONS..this (default: exactly N-OPERATIONS)")
+    group.add_argument("--dataset-id", default=None,
+                       help="dataset_id of the problems (default: lens_pivotal/arithmetic, or a JSONL file's name)")
+    group.add_argument("--operand-range", default="2,20", help="LOW,HIGH inclusive (default: 2,20)")
+    group.add_argument("--operations", default="+-*", help="any of + - * (default: +-*)")
+    group.add_argument("--problem-seed", type=int, default=0, help="generator seed (default: 0)")
+    parser.add_argument("--gsm8k-split", default="test", help="GSM8K split (default: test)")
+
+
+def _operand_range(text: str) -> tuple[int, int]:
+    try:
+        low, high = (int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--operand-range must be LOW,HIGH (two integers), got {text!r}") from None
+    return low, high
+
+
+def problems_from_args(args: argparse.Namespace) -> list[Any]:
+    """The problems :func:`add_problem_arguments`' options name."""
+    if args.problems == "arithmetic":
+        config = problems.ArithmeticConfig(
+            n_problems=args.n_problems or 100, n_operations=args.n_operations, operand_range=_operand_range(args.operand_range),
+            operations=tuple(args.operations), seed=args.problem_seed, max_operations=args.max_operations,
+            dataset_id=args.dataset_id or problems.ARITHMETIC_DATASET_ID,
+        )
+        return problems.arithmetic_problems(config)
+    if args.problems == "gsm8k":
+        return problems.gsm8k_problems(args.gsm8k_split, limit=args.n_problems)
+    return problems.load_problems_jsonl(args.problems, dataset_id=args.dataset_id)[: args.n_problems]

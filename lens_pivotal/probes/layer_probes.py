@@ -24,7 +24,7 @@ from torch import Tensor
 
 from lens_pivotal._io import atomic_dir
 from lens_pivotal.indices import resolve_index
-from lens_pivotal.model import EMBEDDING_HOOK, block_of, check_model_shape, warn_if_renamed
+from lens_pivotal.model import UNKNOWN_MODEL, check_model_shape, layer_label, warn_if_renamed
 from lens_pivotal.probes.examples import group_folds, group_split
 from lens_pivotal.probes.baselines import check_baselines, fit_baselines, fit_logistic
 from lens_pivotal.probes.metrics import LayerMetrics, auroc, group_bootstrap_weights, heldout_metrics
@@ -34,7 +34,6 @@ from lens_pivotal.resid.cache import Layout, resolve_layers
 
 FORMAT = "lens_pivotal.layer_probes/2"
 FLAT_FORMAT = "lens_pivotal.layer_probes/1"  # the first format: one flat object; still read
-UNKNOWN_MODEL = "unknown"  # the model name of probes trained without one
 CONFIGURATION_FIELDS = ("model_name", "model_source", "d_model", "n_model_layers", "hook_names", "settings")
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "probes.safetensors"
@@ -183,12 +182,6 @@ def _known_fields(known: Sequence[str], data: dict[str, Any], where: str) -> dic
     if unknown:
         warnings.warn(f"{where}: ignoring keys this version does not know: {', '.join(unknown)}", stacklevel=3)
     return {key: value for key, value in data.items() if key in known}
-
-
-def layer_label(hook_name: str) -> str:
-    """Short label of a probed hook: the block number, or ``"emb"`` for the embedding stream."""
-    block = block_of(hook_name)
-    return str(block) if block is not None else ("emb" if hook_name == EMBEDDING_HOOK else hook_name)
 
 
 class LayerProbes:
@@ -396,7 +389,7 @@ class LayerProbes:
         probes.fitted = True
         if model is not None:
             probes.check_model(model)
-            warn_if_renamed(model, trained_on=probes.config.model_name, what="these probes", unknown=UNKNOWN_MODEL)
+            warn_if_renamed(model, trained_on=probes.config.model_name, what="these probes")
         return probes
 
     def check_model(self, model: Any) -> None:

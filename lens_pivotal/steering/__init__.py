@@ -7,8 +7,9 @@
     report = lp.steering.evaluate_steering(model, heldout_problems, {"gated": hook}, built_from=vectors.config.groups)
 """
 
-from lens_pivotal.steering.evaluation import SettingResult, SteeringReport, evaluate_steering, random_control
+from lens_pivotal.steering.evaluation import SettingResult, SteeringReport, alpha_sweep, evaluate_steering, random_control
 from lens_pivotal.steering.hooks import SteeringHook, steering_hook
+from lens_pivotal.steering.plots import plot_alpha_sweep
 from lens_pivotal.steering.vectors import SteeringConfig, SteeringVectors, steering_vectors
 
 __all__ = [
@@ -17,7 +18,9 @@ __all__ = [
     "SteeringHook",
     "SteeringReport",
     "SteeringVectors",
+    "alpha_sweep",
     "evaluate_steering",
+    "plot_alpha_sweep",
     "random_control",
     "steering_hook",
     "steering_vectors",

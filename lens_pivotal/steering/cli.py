@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lens_pivotal.cli.arguments import EMBEDDED, add_model_arguments, load_model_from_args
+from lens_pivotal.cli.arguments import EMBEDDED, add_model_arguments, add_problem_arguments, load_model_from_args, problems_from_args
 from lens_pivotal.model import block_of, resid_post_hook
 from lens_pivotal.pts.dataset import SHIPPED_DATASETS
-from lens_pivotal.pts.cli import add_problem_arguments, problems_from_args
 from lens_pivotal.pts.prompts import PROMPT_PRESETS
 from lens_pivotal.steering.vectors import METHODS, SIGNS
 

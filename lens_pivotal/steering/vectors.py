@@ -21,9 +21,9 @@ from torch import Tensor
 
 from lens_pivotal._io import atomic_dir
 from lens_pivotal.indices import resolve_index
-from lens_pivotal.model import check_model_shape, warn_if_renamed
+from lens_pivotal.model import UNKNOWN_MODEL, check_model_shape, layer_label, warn_if_renamed
 from lens_pivotal.probes.examples import ProbeExamples
-from lens_pivotal.probes.layer_probes import UNKNOWN_MODEL, LayerProbes, layer_label
+from lens_pivotal.probes.layer_probes import LayerProbes
 from lens_pivotal.resid.cache import Layout, resolve_layers
 
 FORMAT = "lens_pivotal.steering_vectors/1"
@@ -108,7 +108,7 @@ class SteeringVectors:
         vectors = cls(load_file(directory / WEIGHTS_FILE)["vectors"], SteeringConfig(**data))
         if model is not None:
             vectors.check_model(model)
-            warn_if_renamed(model, trained_on=vectors.config.model_name, what="these vectors", unknown=UNKNOWN_MODEL)
+            warn_if_renamed(model, trained_on=vectors.config.model_name, what="these vectors")
         return vectors
 
     def check_model(self, model: Any) -> None:
