@@ -10,21 +10,32 @@ from lens_pivotal.pts.dataset import SHIPPED_DATASETS, shipped_pts_path
 from lens_pivotal.pts.schema import load_pts, load_shipped_pts
 from lens_pivotal.pts.output import progress_path
 
-# What the shipped run achieved (README.md next to the data): 189 rows, 46 problems, 109 positive, 80 negative.
-MIN_ROWS, MIN_PROBLEMS, MIN_POSITIVE, MIN_NEGATIVE = 189, 46, 109, 80
-SHIPPED_PROBLEMS = dict(n_operations=1, operand_range=(2, 20), operations=("+", "-", "*"), seed=0)  # as in its README
+# What each shipped run achieved (README.md next to the data): rows, problems, positive and negative rows, and the
+# generator settings of its problems, as in that README.
+SHIPPED = {
+    "lens_pivotal/arithmetic": dict(
+        counts=(189, 46, 109, 80), problems=dict(n_operations=1, operand_range=(2, 20), operations=("+", "-", "*"), seed=0)
+    ),
+    "lens_pivotal/multistep_arithmetic": dict(
+        counts=MULTISTEP_COUNTS,
+        problems=dict(n_operations=2, operand_range=(2, 9), operations=("+", "-"), seed=0, dataset_id="lens_pivotal/multistep_arithmetic"),
+    ),
+}
+assert set(SHIPPED) == set(SHIPPED_DATASETS)
 
 
-def progress_records() -> tuple[dict, list[dict]]:
-    settings, *records = (json.loads(line) for line in progress_path(shipped_pts_path()).read_text().splitlines())
+def progress_records(name: str) -> tuple[dict, list[dict]]:
+    settings, *records = (json.loads(line) for line in progress_path(shipped_pts_path(name)).read_text().splitlines())
     return settings["settings"], records
 
 
-def test_shipped_dataset_loads_with_both_signs():
-    data = load_shipped_pts()
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_dataset_loads_with_both_signs(name):
+    data = load_shipped_pts(name)
+    n_rows, n_problems, n_positive, n_negative = SHIPPED[name]["counts"]
     positives = sum(row.is_positive for row in data)
-    assert len(data) >= MIN_ROWS and len(data.groups()) >= MIN_PROBLEMS
-    assert positives >= MIN_POSITIVE and len(data) - positives >= MIN_NEGATIVE
+    assert len(data) >= n_rows and len(data.groups()) >= n_problems
+    assert positives >= n_positive and len(data) - positives >= n_negative
     assert data.duplicates_dropped == 0 and not data.skipped
     assert all(abs(row.prob_delta) >= 0.2 and row.position is not None for row in data)
 
@@ -37,18 +48,20 @@ def test_shipped_datasets_load_by_name():
         load_shipped_pts("nope")
 
 
-def test_every_row_comes_from_a_recorded_problem_with_baseline_in_range():
-    settings, records = progress_records()
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_row_comes_from_a_recorded_problem_with_baseline_in_range(name):
+    settings, records = progress_records(name)
     by_problem = {(record["dataset_id"], record["dataset_item_id"]): record for record in records}
     searched = {key for key, record in by_problem.items() if record["status"] == "searched"}
     assert all(settings["search"]["min_prob"] <= by_problem[key]["baseline"] <= settings["search"]["max_prob"] for key in searched)
-    groups = load_shipped_pts().groups()
+    groups = load_shipped_pts(name).groups()
     assert set(groups) <= searched
     assert all(len(rows) == by_problem[key]["rows"] for key, rows in groups.items())
 
 
 @pytest.mark.slow
-def test_first_problem_baseline_is_reproduced_by_the_embedded_model(embedded_dir):
+@pytest.mark.parametrize("name", SHIPPED)
+def test_first_problem_baseline_is_reproduced_by_the_embedded_model(embedded_dir, name):
     """Re-estimate the first searched problem's baseline with the recorded settings and seed."""
     from lens_pivotal.embedded import embedded_model
     from lens_pivotal.pts.problems import ArithmeticConfig, arithmetic_problems, numeric_oracle
@@ -56,10 +69,11 @@ def test_first_problem_baseline_is_reproduced_by_the_embedded_model(embedded_dir
     from lens_pivotal.pts.rollouts import stop_token_ids
     from lens_pivotal.pts.search import SearchConfig, SuccessEstimator, hf_backend
 
-    settings, records = progress_records()
+    settings, records = progress_records(name)
     record = next(record for record in records if record["status"] == "searched")
-    problem = arithmetic_problems(ArithmeticConfig(**SHIPPED_PROBLEMS, n_problems=int(record["dataset_item_id"]) + 1))[-1]
-    row = next(row for row in load_shipped_pts() if row.dataset_item_id == problem.item_id)
+    config = ArithmeticConfig(**SHIPPED[name]["problems"], n_problems=int(record["dataset_item_id"]) + 1)
+    problem = arithmetic_problems(config)[-1]
+    row = next(row for row in load_shipped_pts(name) if row.dataset_item_id == problem.item_id)
     assert row.query == problem.question
     config = SearchConfig.from_dict(settings["search"])
     model = embedded_model(device="cpu")
@@ -71,12 +85,13 @@ def test_first_problem_baseline_is_reproduced_by_the_embedded_model(embedded_dir
 
 
 @pytest.mark.slow
-def test_pivot_context_retokenizes_to_position_tokens_then_the_pivot(embedded_dir):
+@pytest.mark.parametrize("name", SHIPPED)
+def test_pivot_context_retokenizes_to_position_tokens_then_the_pivot(embedded_dir, name):
     """The residual at the last token of pivot_context is the one that predicts the pivot, for every shipped row."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
-    rows = load_shipped_pts()
+    rows = load_shipped_pts(name)
     mismatched = []
     for row in rows:
         ids = tokenizer(row.pivot_context + row.pivot_token, add_special_tokens=False)["input_ids"]
