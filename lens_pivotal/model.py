@@ -53,26 +53,32 @@ def layer_label(hook_name: str) -> str:
     return str(block) if block is not None else ("emb" if hook_name == EMBEDDING_HOOK else hook_name)
 
 
-def check_model_shape(model: Any, *, trained_on: str, d_model: int, n_layers: int, what: str) -> None:
-    """Raise ``ValueError`` unless ``model`` has the ``d_model`` and layer count of the model ``what`` (e.g. "these
-    probes") was made from; warn when only its name differs (a base and an instruct model share a shape, not a
-    residual stream)."""
-    theirs = (model.cfg.d_model, model.cfg.n_layers)
-    if theirs != (d_model, n_layers):
-        raise ValueError(
-            f"{what} were made from {trained_on!r} (d_model {d_model}, {n_layers} layers); {model.cfg.model_name!r} "
-            f"has d_model {theirs[0]} and {theirs[1]} layers"
-        )
+class ModelBound:
+    """Something made from one model's residual stream (probes, steering vectors), whose ``config`` records that
+    model's ``model_name``, ``d_model`` and ``n_model_layers``; ``_what`` names it in messages."""
 
+    _what = "these"
+    config: Any
 
-def warn_if_renamed(model: Any, *, trained_on: str, what: str, unknown: str = UNKNOWN_MODEL) -> None:
-    """Warn when ``model`` is not the model ``what`` were made from, by name (``unknown``: not recorded)."""
-    if trained_on not in (model.cfg.model_name, unknown):
-        warnings.warn(
-            f"{what} were made from {trained_on!r}, not from {model.cfg.model_name!r} (same shape): a base and an "
-            "instruct model, say, have different residual streams",
-            stacklevel=3,
-        )
+    def check_model(self, model: Any) -> None:
+        """Raise ``ValueError`` if ``model``'s ``d_model`` or layer count differ from the model this was made from."""
+        config, theirs = self.config, (model.cfg.d_model, model.cfg.n_layers)
+        if theirs != (config.d_model, config.n_model_layers):
+            raise ValueError(
+                f"{self._what} were made from {config.model_name!r} (d_model {config.d_model}, {config.n_model_layers} "
+                f"layers); {model.cfg.model_name!r} has d_model {theirs[0]} and {theirs[1]} layers"
+            )
+
+    def _check_loaded(self, model: Any) -> None:
+        """:meth:`check_model`, and a warning when only the name differs (a base and an instruct model share a shape,
+        not a residual stream)."""
+        self.check_model(model)
+        if self.config.model_name not in (model.cfg.model_name, UNKNOWN_MODEL):
+            warnings.warn(
+                f"{self._what} were made from {self.config.model_name!r}, not from {model.cfg.model_name!r} (same "
+                "shape): a base and an instruct model, say, have different residual streams",
+                stacklevel=3,
+            )
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from lens_pivotal._io import atomic_dir
 from lens_pivotal.indices import resolve_index
-from lens_pivotal.model import UNKNOWN_MODEL, check_model_shape, layer_label, warn_if_renamed
+from lens_pivotal.model import UNKNOWN_MODEL, ModelBound, layer_label
 from lens_pivotal.probes.examples import group_folds, group_split
 from lens_pivotal.probes.baselines import check_baselines, fit_baselines, fit_logistic
 from lens_pivotal.probes.metrics import LayerMetrics, auroc, group_bootstrap_weights, heldout_metrics
@@ -184,12 +184,14 @@ def _known_fields(known: Sequence[str], data: dict[str, Any], where: str) -> dic
     return {key: value for key, value in data.items() if key in known}
 
 
-class LayerProbes:
+class LayerProbes(ModelBound):
     """One logistic probe per layer of a ``[n_layers, n_rows, d_model]`` activation tensor.
 
     Build with :meth:`from_model` (or :func:`train_probes`), then ``fit``; ``predict_proba`` gives
     ``[n_layers, n_rows]`` probabilities that the next token is pivotal.
     """
+
+    _what = "these probes"
 
     def __init__(self, config: ProbeConfig) -> None:
         self.config = config
@@ -388,15 +390,8 @@ class LayerProbes:
             setattr(probes, name, tensors[name])
         probes.fitted = True
         if model is not None:
-            probes.check_model(model)
-            warn_if_renamed(model, trained_on=probes.config.model_name, what="these probes")
+            probes._check_loaded(model)
         return probes
-
-    def check_model(self, model: Any) -> None:
-        """Raise ``ValueError`` if ``model``'s ``d_model`` or layer count differ from the model these probes read."""
-        config = self.config
-        check_model_shape(model, trained_on=config.model_name, d_model=config.d_model, n_layers=config.n_model_layers,
-                          what="these probes")
 
     def score_text(self, model: Any, text: str | Sequence[int] | Tensor, layer: LayerChoice = None) -> TokenScores:
         """Per-token probability that the NEXT token is pivotal; see :func:`lens_pivotal.probes.scoring.score_text`."""

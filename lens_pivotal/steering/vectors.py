@@ -21,7 +21,7 @@ from torch import Tensor
 
 from lens_pivotal._io import atomic_dir
 from lens_pivotal.indices import resolve_index
-from lens_pivotal.model import UNKNOWN_MODEL, check_model_shape, layer_label, warn_if_renamed
+from lens_pivotal.model import UNKNOWN_MODEL, ModelBound, layer_label
 from lens_pivotal.probes.examples import ProbeExamples
 from lens_pivotal.probes.layer_probes import LayerProbes
 from lens_pivotal.resid.cache import Layout, resolve_layers
@@ -54,9 +54,11 @@ class SteeringConfig:
     format: str = FORMAT
 
 
-class SteeringVectors:
+class SteeringVectors(ModelBound):
     """One steering vector per layer, ``vectors [n_layers, d_model]`` in residual-stream units, for the hooks
     ``config.hook_names`` (``blocks.{l}.hook_resid_post``); :func:`~lens_pivotal.steering.steering_hook` applies one."""
+
+    _what = "these vectors"
 
     def __init__(self, vectors: Float[Tensor, "n_layers d_model"], config: SteeringConfig) -> None:
         if vectors.shape != (len(config.hook_names), config.d_model):
@@ -107,15 +109,8 @@ class SteeringVectors:
             raise ValueError(f"{directory / CONFIG_FILE}: not lens_pivotal steering vectors (format {data.get('format')!r})")
         vectors = cls(load_file(directory / WEIGHTS_FILE)["vectors"], SteeringConfig(**data))
         if model is not None:
-            vectors.check_model(model)
-            warn_if_renamed(model, trained_on=vectors.config.model_name, what="these vectors")
+            vectors._check_loaded(model)
         return vectors
-
-    def check_model(self, model: Any) -> None:
-        """Raise ``ValueError`` if ``model``'s ``d_model`` or layer count differ from the model these came from."""
-        config = self.config
-        check_model_shape(model, trained_on=config.model_name, d_model=config.d_model, n_layers=config.n_model_layers,
-                          what="these vectors")
 
     def __repr__(self) -> str:
         config = self.config
