@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from lens_pivotal.attributions.pivots import explain_pivots, pivots_view
-from lens_pivotal.probes.examples import group_name
 from lens_pivotal.probes.layer_probes import LayerProbes
+from lens_pivotal.pts.problems import group_name
 from lens_pivotal.pts.schema import load_shipped_pts
 
 

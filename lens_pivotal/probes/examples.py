@@ -25,6 +25,7 @@ from jaxtyping import Float
 from jinja2 import TemplateError
 from torch import Tensor
 
+from lens_pivotal.pts.problems import group_name
 from lens_pivotal.pts.schema import PivotalToken, load_pts
 
 
@@ -183,12 +184,6 @@ def _rows_by_problem(rows: list[PivotalToken]) -> dict[tuple[str, str], list[tup
             raise TypeError(f"rows[{index}] is a {type(row).__name__}, not a PivotalToken (use lp.load_pts)")
         grouped.setdefault(row.group_key, []).append((index, row))
     return grouped
-
-
-def group_name(key: tuple[str, str]) -> str:
-    """The group (problem) name of a row's ``group_key``, as in ``ProbeExamples.groups`` and ``heldout_groups``."""
-    dataset, item = key
-    return f"{dataset}#{item}" if dataset else item
 
 
 @dataclass

@@ -34,6 +34,18 @@ class Problem:
     dataset_id: str
     task_type: str = "generic"
 
+    @property
+    def group(self) -> str:
+        """This problem's name, as PTS rows of it are grouped (:func:`group_name`)."""
+        return group_name((self.dataset_id, self.item_id))
+
+
+def group_name(key: tuple[str, str]) -> str:
+    """The problem name of a ``(dataset_id, item_id)`` key (a PTS row's ``group_key``, a :class:`Problem`'s), as in
+    ``ProbeExamples.groups``, ``heldout_groups`` and ``SteeringVectors.config.groups``."""
+    dataset, item = key
+    return f"{dataset}#{item}" if dataset else item
+
 
 class ProblemFileError(ValueError):
     """A problems JSONL file has a line that is not a valid problem; the message names the line and field."""

@@ -64,7 +64,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     vectors = steering_vectors(acts, examples, method=args.method, sign=args.sign, model=model, layers=[block],
                                probes=_probe_of_block(probes, block) if args.method == "probe" else None)
     built_from = set(vectors.config.groups)
-    problems = [problem for problem in problems_from_args(args) if f"{problem.dataset_id}#{problem.item_id}" not in built_from]
+    problems = [problem for problem in problems_from_args(args) if problem.group not in built_from]
     if not problems:
         raise SystemExit("error: every problem was used to build the vector: raise --n-problems or change --dataset-id")
     settings = alpha_sweep(vectors, 0, alphas, positions=args.positions, gate=(probes, args.threshold) if probes else None)

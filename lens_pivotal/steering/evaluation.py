@@ -107,7 +107,7 @@ def evaluate_steering(
         built_from: the problems the vectors were built from (``SteeringVectors.config.groups``); evaluating on one
             of them is an error.
     """
-    names = [f"{problem.dataset_id}#{problem.item_id}" for problem in problems]
+    names = [problem.group for problem in problems]
     reused = sorted(set(names) & set(built_from))
     if reused:
         raise ValueError(f"{len(reused)} problems were used to build the vectors (e.g. {reused[0]!r}): evaluate on held-out ones")
