@@ -111,3 +111,18 @@ def test_bad_arguments_are_named(tiny_qwen3_model, direction, probes):
         lp.steering_hook(direction, 1.0, layer=LAYER, absolute=True, positions="prompt")
     with pytest.raises(ValueError, match="the gate's probes read"):
         lp.steering_hook(direction, 1.0, layer=LAYER, absolute=True, gate=(probes[0], 0.5))
+
+
+def test_composes_with_run_with_hooks_the_probe_recorder_and_a_user_hook(tiny_qwen3_model, direction, probes):
+    hook = lp.steering_hook(direction, ALPHA, layer=LAYER, positions=[2], residual_norm=NORM)
+    seen = {}
+    before = ("blocks.1.hook_resid_post", lambda resid, hook: seen.__setitem__("before", resid.clone()))
+    after = ("blocks.1.hook_resid_post", lambda resid, hook: seen.__setitem__("after", resid.clone()))
+    recorder = probes.hook(LAYER)  # reads the state it is given: here, after the steering
+    tiny_qwen3_model.run_with_hooks(torch.tensor(IDS), fwd_hooks=[before, hook.fwd_hook, after, recorder.fwd_hook])
+    added = seen["after"] - seen["before"]
+    torch.testing.assert_close(added[0, 2], ALPHA * NORM * unit(direction))
+    assert added[0, [0, 1, 3, 4, 5, 6]].abs().max() == 0
+    expected = probes.proba_at([LAYER], seen["after"].reshape(1, 7, 64))
+    torch.testing.assert_close(recorder.concatenated(), expected.view(1, 7), atol=1e-6, rtol=1e-5)
+    assert not tiny_qwen3_model.hook_dict["blocks.1.hook_resid_post"].fwd_hooks  # run_with_hooks removed them all
