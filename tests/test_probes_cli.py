@@ -67,3 +67,8 @@ def test_errors_are_one_line(trained, capsys, tmp_path):
     assert "these probes were made from" in capsys.readouterr().err
     assert run(["probe", "train", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_transfer_refuses_two_datasets_with_one_name(tmp_path):
+    with pytest.raises(SystemExit, match="--data names must differ in their last part"):
+        run(["probe", "transfer", "--data", str(tmp_path / "a" / "rows.jsonl"), "--data", str(tmp_path / "b" / "rows.jsonl")])

@@ -292,3 +292,14 @@ def test_settings_are_typed_and_checked():
         train_probes(acts, labels, groups=groups, settings={"l2": 1.0})
     with pytest.raises(TypeError, match="unexpected keyword argument 'l2'"):
         train_probes(acts, labels, groups=groups, l2=1.0)
+
+
+def test_bad_heldout_groups_are_named():
+    acts, labels, groups = planted(n_rows=48)
+    settings = ProbeSettings(l2=1.0, n_bootstrap=0)
+    with pytest.raises(ValueError, match="heldout_groups is empty"):
+        train_probes(acts, labels, groups=groups, settings=settings, heldout_groups=[])
+    with pytest.raises(ValueError, match="heldout_groups names 1 groups not in groups, e.g. 'nope'"):
+        train_probes(acts, labels, groups=groups, settings=settings, heldout_groups=["q0", "nope"])
+    with pytest.raises(ValueError, match="must leave at least one group for training"):
+        train_probes(acts, labels, groups=groups, settings=settings, heldout_groups=set(groups))
