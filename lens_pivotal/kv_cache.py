@@ -66,7 +66,8 @@ def repair_kv_cache(model: TransformerBridge) -> int:
     return changed
 
 
-def _tolerance(model: TransformerBridge) -> float:
+def logit_tolerance(model: TransformerBridge) -> float:
+    """How far two correct forward passes of ``model`` may differ, relative to the largest logit (by dtype)."""
     dtype = next(model.parameters()).dtype
     return _RELATIVE_TOLERANCE.get(dtype, _LOW_PRECISION_TOLERANCE)
 
@@ -97,11 +98,11 @@ def check_kv_cache(model: TransformerBridge) -> None:
         KVCacheError: they differ; the message names the installed versions and what to do.
     """
     error = kv_cache_error(model)
-    if error <= _tolerance(model):
+    if error <= logit_tolerance(model):
         return
     raise KVCacheError(
         f"KV-cached continuation is wrong on this model ({stack_versions()}): cached next-token logits differ from "
-        f"the full forward pass by {error:.3g} of the largest logit (tolerance {_tolerance(model):.0e}). Generation "
+        f"the full forward pass by {error:.3g} of the largest logit (tolerance {logit_tolerance(model):.0e}). Generation "
         "and PatchScope results would be wrong. Install the tested versions (`pip install -c constraints.txt ...`, "
         "see the README's 'Tested versions'), or pass check_kv_cache=False to load_model to skip this check at "
         "your own risk, and report it."

@@ -23,6 +23,7 @@ from lens_pivotal.pts.problems import Oracle, Problem, numeric_oracle
 from lens_pivotal.pts.prompts import PromptFormat, prompt_token_ids
 from lens_pivotal.pts.rollouts import HFRollouts, RolloutBackend, SamplingConfig, stop_token_ids
 from lens_pivotal.pts.schema import PivotalToken
+from lens_pivotal.unhooked import unhooked_hf_model
 
 Prefix = tuple[int, ...]
 
@@ -193,9 +194,17 @@ class ProblemSearch:
         return {"model_id": self.model_id, "search": asdict(self.config), "prompt": self.prompt.to_dict(), "oracle": oracle_name}
 
 
-def hf_backend(model: Any, sampling: SamplingConfig) -> HFRollouts:
-    """Batched KV-cached rollouts on a TransformerLens bridge's HF model (or on an HF causal LM itself)."""
-    hf_model = getattr(model, "original_model", model)
+def hf_backend(model: Any, sampling: SamplingConfig, hooks: bool = False) -> HFRollouts:
+    """Batched KV-cached rollouts on a TransformerLens bridge (or on an HF causal LM itself).
+
+    With ``hooks=False`` a bridge samples through :func:`~lens_pivotal.unhooked.unhooked_hf_model` (same weights,
+    no hook points, fused attention: faster); ``hooks=True`` samples through ``model.original_model``, so hooks
+    added with ``model.hooks(...)`` fire at every step (steering).
+    """
+    if not hasattr(model, "original_model"):
+        hf_model = model
+    else:
+        hf_model = model.original_model if hooks else unhooked_hf_model(model)
     return HFRollouts(hf_model, stop_token_ids(model.tokenizer, hf_model), sampling)
 
 

@@ -117,7 +117,7 @@ def evaluate_steering(
     if controls:
         settings |= {f"{RANDOM_PREFIX}{name}": [random_control(hook, seed + index) for index, hook in enumerate(chosen)]
                      for name, chosen in list(settings.items())[1:]}  # fmt: skip
-    backend = hf_backend(model, sampling)
+    backend = hf_backend(model, sampling, hooks=True)
     prompt = prompt or PromptFormat()
     solved = {name: np.zeros(len(problems)) for name in settings}
     lengths = {name: np.zeros(len(problems)) for name in settings}
