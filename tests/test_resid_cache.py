@@ -205,11 +205,11 @@ def test_store_resumes_after_an_interrupt(qwen3, tmp_path, monkeypatch):
     real_write = StoreWriter.write_shard
     calls = {"n": 0}
 
-    def crash_on_third(self, *args):
+    def crash_on_third(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        real_write(self, *args)
+        real_write(self, *args, **kwargs)
 
     monkeypatch.setattr(StoreWriter, "write_shard", crash_on_third)
     with pytest.raises(KeyboardInterrupt):

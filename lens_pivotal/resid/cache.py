@@ -23,6 +23,8 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import DynamicCache
 
+from lens_pivotal.distributed import barrier, on_rank_zero, world
+from lens_pivotal.distributed import shard as distributed_shard
 from lens_pivotal.indices import resolve_index
 from lens_pivotal.kv_cache import repeated_cache
 from lens_pivotal.model import EMBEDDING_HOOK, StopForward, resid_post_hook
@@ -96,7 +98,11 @@ def cache_resid_post(
         dtype: dtype of the returned activations.
         padding_side: ``"right"`` or ``"left"``; results are the same either way.
         out: a directory for an on-disk store (safetensors shards + ``manifest.json``). A rerun with the
-            same inputs resumes an interrupted store, and a finished one is reopened without computing.
+            same inputs resumes an interrupted store, and a finished one is reopened without computing. Under
+            an initialised ``torch.distributed`` process group, call this on every rank with the same arguments:
+            shards are dealt out round-robin, each rank writes its own, rank 0 lists them all in the manifest
+            once every rank is done, and every rank returns the same store, equal to a one-process run. A rerun
+            with any number of processes resumes. (Without ``out`` every rank computes every text.)
         shard_texts: texts per shard when writing to ``out``; peak memory is bounded by one shard.
         fast_path: run hook-free attention (as SDPA), MLPs and norms through the HF modules the bridge
             wraps (see :mod:`lens_pivotal.resid.fastpath`); ``False`` keeps the bridge's own eager path.
@@ -123,14 +129,32 @@ def cache_resid_post(
     if out is None:
         with kernels, _progress_bar(len(rows.tokens), progress) as bar:
             return run.chunk(rows, range(len(rows.tokens)), batch_size, bar.update)
-    writer = StoreWriter.open_or_create(
-        out, manifest=_manifest(model, layout, dtype, rows), n_texts=len(rows.tokens), shard_texts=shard_texts
-    )
-    with kernels, _progress_bar(len(rows.tokens), progress, initial=writer.texts_done) as bar:
-        for text_range in writer.pending_ranges():
-            acts = run.chunk(rows, text_range, batch_size, bar.update)
-            writer.write_shard(text_range, acts, *_row_labels(rows, text_range))
-    return writer.finish()
+    with kernels:
+        return _write_store(run, rows, batch_size, progress, out, _manifest(model, layout, dtype, rows), shard_texts)
+
+
+def _write_store(
+    run: _BatchRunner, rows: Rows, batch_size: int, progress: bool, out: str | os.PathLike, manifest: dict, shard_texts: int
+) -> ResidStore:
+    """Compute this rank's missing shards into the store (all shards without a process group), then finish it."""
+
+    def open_writer() -> StoreWriter:
+        return StoreWriter.open_or_create(out, manifest=manifest, n_texts=len(rows.tokens), shard_texts=shard_texts)
+
+    on_rank_zero(open_writer)  # creates the store before any other rank opens it
+    writer = open_writer()
+    mine = distributed_shard(list(enumerate(writer.ranges())))
+    single = world()[1] == 1
+    done = sum(len(texts) for shard, texts in mine if writer.is_written(shard))
+    with _progress_bar(sum(len(texts) for _, texts in mine), progress, initial=done) as bar:
+        for shard, texts in mine:
+            if not writer.is_written(shard):
+                acts = run.chunk(rows, texts, batch_size, bar.update)
+                writer.write_shard(shard, acts, *_row_labels(rows, texts), record=single)
+    barrier()
+    on_rank_zero(writer.finish)
+    barrier()
+    return ResidStore(writer.directory)
 
 
 def _progress_bar(total: int, enabled: bool, initial: int = 0) -> tqdm:

@@ -1,9 +1,11 @@
 """An on-disk store of cached activations: safetensors shards plus a JSON manifest.
 
 Each shard holds the rows of a contiguous range of texts: ``resid`` ``[n_layers, rows, d_model]``,
-``text_index`` and ``position`` ``[rows]``. A shard is written to a temporary file and renamed, then the
-manifest is rewritten the same way, so an interrupted run loses at most the shard in flight and a rerun
-continues after the last shard the manifest lists: no row is lost or written twice.
+``text_index`` and ``position`` ``[rows]``. A shard is written to a temporary file and renamed (so it is
+there whole or not at all), then the manifest is rewritten the same way, so an interrupted run loses at most
+the shards in flight and a rerun computes only the shards whose files are missing: no row is lost or written
+twice. Several processes can write one store (one shard each at a time, see
+:func:`lens_pivotal.cache_resid_post` under ``torchrun``); the manifest lists them all once finished.
 """
 
 from __future__ import annotations
@@ -103,7 +105,12 @@ class ResidStore:
 
 
 class StoreWriter:
-    """Writes shards for a store and keeps its manifest current, resuming where a previous run stopped."""
+    """Writes shards for a store and keeps its manifest current, resuming where a previous run stopped.
+
+    Shard ``k`` holds texts ``[k * shard_texts, (k + 1) * shard_texts)`` and is done once its file exists (files
+    are renamed into place whole), so processes can write disjoint shards of one store side by side; the
+    manifest lists every shard once :meth:`finish` has checked them all.
+    """
 
     def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:
         self.directory = directory
@@ -134,32 +141,62 @@ class StoreWriter:
         return writer
 
     @property
-    def texts_done(self) -> int:
-        """How many texts the finished shards cover."""
-        shards = self.manifest["shards"]
-        return shards[-1]["texts"][1] if shards else 0
+    def complete(self) -> bool:
+        """Whether :meth:`finish` has listed every shard."""
+        return bool(self.manifest["complete"])
 
-    def pending_ranges(self) -> Iterator[range]:
-        """The text ranges still to compute, one per shard."""
+    def ranges(self) -> list[range]:
+        """The texts of each shard, in order (shard ``k`` is ``ranges()[k]``)."""
         step, total = self.manifest["shard_texts"], self.manifest["n_texts"]
-        for start in range(self.texts_done, total, step):
-            yield range(start, min(start + step, total))
+        return [range(start, min(start + step, total)) for start in range(0, total, step)]
 
-    def write_shard(self, texts: range, resid: Tensor, text_index: Tensor, position: Tensor) -> None:
-        """Write one shard atomically, then record it in the manifest."""
-        name = f"shard-{len(self.manifest['shards']):05d}.safetensors"
+    def is_written(self, shard: int) -> bool:
+        """Whether shard ``shard``'s file is in place."""
+        return (self.directory / _shard_file(shard)).is_file()
+
+    def write_shard(
+        self, shard: int, resid: Tensor, text_index: Tensor, position: Tensor, *, record: bool = True
+    ) -> None:
+        """Write one shard atomically; with ``record`` (one writing process), also list it in the manifest."""
+        texts = self.ranges()[shard]
         tensors = {"resid": resid.contiguous(), "text_index": text_index, "position": position}
-        with atomic_file(self.directory / name) as scratch:
-            save_file(tensors, scratch)
-        self.manifest["shards"].append({"file": name, "texts": [texts.start, texts.stop], "rows": resid.shape[1]})
-        self._save_manifest()
+        metadata = {"input_hash": self.manifest["input_hash"], "texts": f"{texts.start}:{texts.stop}"}
+        with atomic_file(self.directory / _shard_file(shard)) as scratch:
+            save_file(tensors, scratch, metadata=metadata)
+        if record:
+            listed = [entry for entry in self.manifest["shards"] if entry["file"] != _shard_file(shard)]
+            self.manifest["shards"] = [*listed, _shard_entry(shard, texts, resid.shape[1])]
+            self._save_manifest()
 
     def finish(self) -> ResidStore:
-        """Mark the store complete and open it for reading."""
-        if not self.manifest["complete"]:
+        """List every shard in the manifest (checking that each is in place and was made from these inputs),
+        mark the store complete and open it for reading."""
+        if not self.complete:
+            self.manifest["shards"] = [self._checked_entry(shard, texts) for shard, texts in enumerate(self.ranges())]
             self.manifest["complete"] = True
             self._save_manifest()
         return ResidStore(self.directory)
 
+    def _checked_entry(self, shard: int, texts: range) -> dict[str, Any]:
+        path = self.directory / _shard_file(shard)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: shard {shard} (texts {texts.start}-{texts.stop - 1}) was never written")
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            rows = handle.get_slice("text_index").get_shape()[0]
+        expected = {"input_hash": self.manifest["input_hash"], "texts": f"{texts.start}:{texts.stop}"}
+        # shards written by earlier versions carry no metadata
+        if metadata and any(metadata.get(key) != value for key, value in expected.items()):
+            raise StoreMismatchError(f"{path} was written for other inputs or texts ({metadata}); expected {expected}")
+        return _shard_entry(shard, texts, rows)
+
     def _save_manifest(self) -> None:
         atomic_write_text(self.directory / MANIFEST, json.dumps(self.manifest, indent=1))
+
+
+def _shard_file(shard: int) -> str:
+    return f"shard-{shard:05d}.safetensors"
+
+
+def _shard_entry(shard: int, texts: range, rows: int) -> dict[str, Any]:
+    return {"file": _shard_file(shard), "texts": [texts.start, texts.stop], "rows": rows}
