@@ -75,3 +75,9 @@ def init_from_environment() -> torch.device | None:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     return device
+
+
+def leave_process_group() -> None:
+    """Destroy the process group :func:`init_from_environment` started (nothing if there is none)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

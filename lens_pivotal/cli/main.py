@@ -11,6 +11,7 @@ from typing import Sequence
 from lens_pivotal._io import jsonl_lines
 from lens_pivotal.attributions.cli import register as register_attributions
 from lens_pivotal.cli.arguments import EMBEDDED, add_model_arguments, load_model_from_args, parse_ints
+from lens_pivotal.distributed import init_from_environment, leave_process_group
 from lens_pivotal.patchscope.cli import register as register_patchscope
 from lens_pivotal.probes.cli import register as register_probes
 from lens_pivotal.pts.cli import register as register_pts
@@ -64,7 +65,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     layers = parse_ints(args.layers, "--layers") if args.layers else None
     store = cache_resid_post(
         model, texts, positions, layers=layers, embeddings=args.embeddings, batch_size=args.batch_size,
-        dtype=resolve_dtype(args.store_dtype), out=args.out,
+        dtype=resolve_dtype(args.store_dtype), out=args.out, shard_texts=args.shard_texts,
     )
     print(store)
     return 0
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--layers", default=None, help="comma-separated blocks (default: all)")
     cache.add_argument("--embeddings", action="store_true", help="also store the embedding stream, first")
     cache.add_argument("--batch-size", type=int, default=16, help="texts per forward pass (default: 16)")
+    cache.add_argument("--shard-texts", type=int, default=512,
+                       help="texts per shard file; under torchrun, shards are dealt out to the processes (default: 512)")
     cache.add_argument("--store-dtype", default="float32", help="dtype of stored activations (default: float32)")
     cache.set_defaults(func=_cmd_cache)
 
@@ -102,13 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``lens-pivotal``."""
+    """Entry point of ``lens-pivotal`` and ``python -m lens_pivotal``; under ``torchrun`` each process joins the
+    process group first and, with CUDA, takes the GPU its ``LOCAL_RANK`` names unless ``--device`` says otherwise."""
     args = build_parser().parse_args(argv)
+    device = init_from_environment()
+    if device is not None and getattr(args, "device", "unset") is None:
+        args.device = str(device)
     try:
         return args.func(args)
     except (ValueError, IndexError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if device is not None:
+            leave_process_group()
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from lens_pivotal._io import atomic_write_text, jsonl_lines
 from lens_pivotal.pts.schema import PivotalToken, write_rows
@@ -34,6 +35,69 @@ def _read_json_lines(path: Path) -> tuple[list[Any], bool]:
             raise ValueError(f"{line.describe_error()}; this file was not written by an interrupted search")
     torn = bool(lines) and lines[-1].error is not None
     return [line.value for line in (lines[:-1] if torn else lines)], torn
+
+
+def _read_progress(progress: Path, settings: dict[str, Any]) -> tuple[list[Any], bool]:
+    """A progress file's lines (settings first) and whether a torn last line was dropped; other settings refused."""
+    records, torn = _read_json_lines(progress)
+    if not records or records[0].get("settings") != settings:
+        stored = records[0].get("settings", {}) if records else {}
+        differing = sorted(k for k in {*stored, *settings} if stored.get(k) != settings.get(k))
+        raise ValueError(f"{progress} was written with other search settings (differing: {differing}); "
+                         "use a new output path or the same settings")
+    return records, torn
+
+
+def finished_problems(out: str | os.PathLike, settings: dict[str, Any]) -> set[ProblemKey]:
+    """The problems output ``out`` records as finished, read without changing it (none if it does not exist)."""
+    progress = progress_path(out)
+    if not progress.is_file():
+        return set()
+    return {_key(record) for record in _read_progress(progress, json.loads(json.dumps(settings)))[0][1:]}
+
+
+def part_path(out: str | os.PathLike, rank: int, world_size: int) -> Path:
+    """Where rank ``rank`` of ``world_size`` processes writes its share of output ``out``
+    (``name.jsonl`` → ``name.part-1-of-4.jsonl``, with its own progress file)."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.part-{rank}-of-{world_size}{out.suffix}")
+
+
+def _parts(out: Path) -> list[Path]:
+    """The part outputs beside ``out`` (found by their progress files: a part may have no rows yet)."""
+    pattern = re.compile(rf"{re.escape(out.stem)}\.part-\d+-of-\d+\.progress\.jsonl")
+    progress_files = sorted(out.parent.glob(f"{out.stem}.part-*-of-*.progress.jsonl"))
+    return [path.with_name(path.name.replace(".progress.jsonl", out.suffix)) for path in progress_files if pattern.fullmatch(path.name)]
+
+
+def merge_parts(out: str | os.PathLike, settings: dict[str, Any], order: Sequence[ProblemKey], reorder: bool = False) -> int:
+    """Fold the part outputs of ``out`` (written by the ranks of any number of processes) into ``out``, then delete
+    them; returns how many parts there were. With ``reorder``, ``out`` is put in order even without parts.
+
+    Problems are put in ``order`` (the problem list; any others follow as found), so the result equals one
+    process's output. Each problem's rows come from one source, so none is duplicated.
+    """
+    out = Path(out)
+    parts = _parts(out)
+    if not parts and not (reorder and progress_path(out).is_file()):
+        return 0
+    settings = json.loads(json.dumps(settings))
+    finished: dict[ProblemKey, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    for source in ([out] if progress_path(out).is_file() else []) + parts:
+        records = _read_progress(progress_path(source), settings)[0][1:]
+        rows = _read_json_lines(source)[0] if source.is_file() else []
+        for record in records:
+            key = _key(record)
+            finished.setdefault(key, (record, [row for row in rows if _key(row) == key]))
+    rank = {key: index for index, key in enumerate(order)}
+    keys = sorted(finished, key=lambda key: rank.get(key, len(rank)))
+    atomic_write_text(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for key in keys for row in finished[key][1]))
+    records_text = "".join(json.dumps(finished[key][0]) + "\n" for key in keys)
+    atomic_write_text(progress_path(out), json.dumps({"settings": settings}) + "\n" + records_text)
+    for part in parts:
+        part.unlink(missing_ok=True)
+        progress_path(part).unlink()
+    return len(parts)
 
 
 def _key(record: dict[str, Any]) -> ProblemKey:
@@ -66,12 +130,7 @@ class ResumableOutput:
         return output
 
     def _resume(self, progress: Path) -> None:
-        records, torn = _read_json_lines(progress)
-        if not records or records[0].get("settings") != self.settings:
-            stored = records[0].get("settings", {}) if records else {}
-            differing = sorted(k for k in {*stored, *self.settings} if stored.get(k) != self.settings.get(k))
-            raise ValueError(f"{progress} was written with other search settings (differing: {differing}); "
-                             "use a new output path or the same settings")
+        records, torn = _read_progress(progress, self.settings)
         self.finished = {_key(record): record for record in records[1:]}
         if torn:
             atomic_write_text(progress, "".join(json.dumps(record) + "\n" for record in records))

@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from lens_pivotal.pts.output import ResumableOutput
+from lens_pivotal.distributed import barrier, on_rank_zero, shard, world
+from lens_pivotal.pts.output import ProblemKey, ResumableOutput, finished_problems, merge_parts, part_path
 from lens_pivotal.pts.problems import Oracle, Problem, numeric_oracle
 from lens_pivotal.pts.prompts import PromptFormat, prompt_token_ids
 from lens_pivotal.pts.rollouts import HFRollouts, RolloutBackend, SamplingConfig, stop_token_ids
@@ -243,7 +244,11 @@ def search_pivotal_tokens(
             vLLM). It must sample with the same temperature/top-p/top-k.
         model_id: the rows' ``model_id``; default ``model.cfg.model_name``.
         out: a JSONL path: rows are appended per finished problem, and rerunning with the same settings skips the
-            problems already done (only new rows are yielded).
+            problems already done (only new rows are yielded). Under an initialised ``torch.distributed`` process
+            group, call this on every rank with the same arguments: problems are dealt out round-robin, each rank
+            writes ``name.part-RANK-of-N.jsonl`` (resumable on its own), and once every rank is done rank 0 merges
+            the parts into ``out``, equal to a one-process run. Parts left by an interrupted run, with any
+            number of processes, are merged in first.
         progress: show a tqdm bar over problems.
 
     The same seed gives the same rows (timestamps aside), however the run is split by interruptions.
@@ -256,13 +261,35 @@ def search_pivotal_tokens(
         prompt=prompt or PromptFormat(), model_id=model_id or model.cfg.model_name,
         stop_ids=stop_token_ids(tokenizer, getattr(model, "original_model", None)),
     )
-    output = ResumableOutput.open(out, search.settings()) if out is not None else None
     problems = list(problems)
+    if out is None:
+        yield from _search(search, problems, None, set(), progress)
+        return
+    settings, order = search.settings(), [(problem.dataset_id, problem.item_id) for problem in problems]
+    merged = on_rank_zero(lambda: merge_parts(out, settings, order))  # the parts of an interrupted multi-process run
+    barrier()
+    rank, size = world()
+    if size == 1:
+        yield from _search(search, problems, ResumableOutput.open(out, settings), set(), progress)
+        if merged:  # problems the parts lacked were appended after them
+            merge_parts(out, settings, order, reorder=True)
+        return
+    own_part = ResumableOutput.open(part_path(out, rank, size), settings)
+    yield from _search(search, shard(problems), own_part, finished_problems(out, settings), progress)
+    barrier()
+    on_rank_zero(lambda: merge_parts(out, settings, order))
+    barrier()
+
+
+def _search(
+    search: ProblemSearch, problems: list[Problem], output: ResumableOutput | None, done: set[ProblemKey], progress: bool
+) -> Iterator[PivotalToken]:
+    """Search each problem not yet in ``output`` or ``done``, recording each finished one in ``output``."""
     bar = tqdm(problems, desc="PTS problems", unit="problem", disable=not progress)
     found = 0
     for problem in bar:
         key = (problem.dataset_id, problem.item_id)
-        if output is not None and output.is_finished(key):
+        if key in done or (output is not None and output.is_finished(key)):
             continue
         rows, record = search.run(problem)
         if output is not None:
