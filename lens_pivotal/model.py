@@ -160,6 +160,7 @@ def load_model(
     tokenizer: Any | None = None,
     compat: bool = True,
     check_kv_cache: bool = True,
+    device_map: str | dict[str, str | int] | None = None,
 ) -> TransformerBridge:
     """Load a model as a TransformerLens ``TransformerBridge`` in compatibility mode.
 
@@ -177,6 +178,10 @@ def load_model(
         check_kv_cache: make KV-cached continuation (``generate``, PatchScope's target prefix, shared-prefix
             caching) work on the installed transformers and check it against an uncached forward pass
             (:func:`lens_pivotal.kv_cache.check_kv_cache`, milliseconds).
+        device_map: an accelerate device map (``"auto"``, ``"balanced"``, a dict) to split a model too large for
+            one GPU across the visible GPUs, through TransformerLens' own support; instead of ``device``, and
+            not with ``hf_model``. TransformerLens refuses compatibility mode when the map offloads to the CPU or
+            disk (pass ``compat=False`` then). On a machine without GPUs ``"auto"`` keeps everything on the CPU.
 
     Raises:
         FileNotFoundError: a local path that does not exist or holds no ``config.json``.
@@ -184,8 +189,10 @@ def load_model(
         KVCacheError: cached continuation disagrees with the uncached forward and cannot be repaired.
     """
     name = str(name_or_path)
+    if device_map is not None and (device is not None or hf_model is not None):
+        raise ValueError("device_map places the model itself: give it without device= and without hf_model=")
     torch_dtype = resolve_dtype(dtype)
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device) if device_map is None else None
     if hf_model is not None:
         _check_architecture(hf_model.config, f"hf_model for {name!r}")
         hf_model = hf_model.to(device=torch_device, dtype=torch_dtype if dtype is not None else None).eval()
@@ -199,9 +206,8 @@ def load_model(
     if tokenizer is None:
         tokenizer = _checkpoint_tokenizer(name)
     try:
-        model = TransformerBridge.boot_transformers(
-            name, device=torch_device, dtype=torch_dtype, hf_model=hf_model, tokenizer=tokenizer
-        )
+        placement = {"device": torch_device} if device_map is None else {"device_map": device_map}
+        model = TransformerBridge.boot_transformers(name, dtype=torch_dtype, hf_model=hf_model, tokenizer=tokenizer, **placement)
     except ValueError as error:
         if "Could not determine supported architecture" in str(error):
             raise UnsupportedArchitectureError(f"{name}: {error}") from None

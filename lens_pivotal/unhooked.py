@@ -50,6 +50,12 @@ def _plain_config(hf_model: nn.Module) -> object:
     return config
 
 
+def is_split(hf_model: nn.Module) -> bool:
+    """Whether an accelerate ``device_map`` spread ``hf_model`` over several devices (then only the bridge's own
+    modules, with accelerate's hooks, know where each tensor goes)."""
+    return len({str(place) for place in (getattr(hf_model, "hf_device_map", None) or {}).values()}) > 1
+
+
 def unhooked_hf_model(model: TransformerBridge, check: bool = True) -> nn.Module:
     """A plain HF model that shares every weight of ``model`` and computes what ``model`` computes, hook-free.
 
@@ -57,9 +63,12 @@ def unhooked_hf_model(model: TransformerBridge, check: bool = True) -> nn.Module
     memory. With ``check`` (milliseconds), one forward pass on both is compared first.
 
     Raises:
+        ValueError: the model is split over several devices (see :func:`is_split`).
         UnhookedModelError: its next-token log-probabilities differ from the bridge's.
     """
     hf_model = model.original_model
+    if is_split(hf_model):
+        raise ValueError("the model is split over several devices by a device_map: use model.original_model")
     with torch.device("meta"):
         plain = type(hf_model)(_plain_config(hf_model))
     tensors = itertools.chain(

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from torch.multiprocessing import ProcessRaisedException
 from test_pts_search import TINY_PROBLEMS, tiny_search, without_timestamps
 from test_resid_cache import expected_rows
+from torch.multiprocessing import ProcessRaisedException
 from transformers import AutoModelForCausalLM
 
 import lens_pivotal as lp

@@ -36,6 +36,19 @@ def test_wraps_an_already_loaded_hf_model():
     assert model.to_tokens("The capital of France is")[0].tolist() == [785, 6722, 315, 9625, 374]
 
 
+def test_a_device_map_loads_through_transformerlens_and_computes_hf_logits():
+    directory = tiny_qwen_dir("qwen3")
+    model = lp.load_model(directory, device_map="auto")  # no GPU here: everything stays on the CPU
+    reference = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager").eval()
+    ids = model.to_tokens("Hello world, this is a test")
+    with torch.no_grad():
+        expected = torch.log_softmax(reference(ids).logits, dim=-1)
+        torch.testing.assert_close(torch.log_softmax(model(ids), dim=-1), expected, atol=1e-4, rtol=0)
+    assert model.compatibility_mode
+    with pytest.raises(ValueError, match="without device= and without hf_model="):
+        lp.load_model(directory, device="cpu", device_map="auto")
+
+
 def test_compat_false_keeps_raw_weights():
     model = lp.load_model(tiny_qwen_dir("qwen3"), device="cpu", compat=False)
     assert not getattr(model, "compatibility_mode", False)

@@ -63,3 +63,11 @@ def test_a_model_that_disagrees_with_the_bridge_is_refused(family_models, monkey
     monkeypatch.setattr(unhooked, "_plain_config", other_activation)
     with pytest.raises(UnhookedModelError, match="disagrees with the bridge"):
         unhooked_hf_model(bridge)
+
+
+def test_a_model_split_over_devices_samples_through_the_bridge(family_models, monkeypatch):
+    bridge, _ = family_models("qwen3")
+    monkeypatch.setattr(bridge.original_model, "hf_device_map", {"model.layers.0": 0, "model.layers.1": 1}, raising=False)
+    assert hf_backend(bridge, SamplingConfig()).hf_model is bridge.original_model
+    with pytest.raises(ValueError, match="split over several devices"):
+        unhooked_hf_model(bridge)

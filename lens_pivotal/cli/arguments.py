@@ -21,13 +21,17 @@ def add_model_arguments(parser: argparse.ArgumentParser, default: str) -> None:
     )
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    parser.add_argument("--device-map", default=None,
+                        help="accelerate device map, e.g. 'auto', to split a large model over the GPUs (instead of --device)")
 
 
 def load_model_from_args(args: argparse.Namespace) -> TransformerBridge:
     """The model named by :func:`add_model_arguments`' arguments (``embedded``: the offline SmolLM2)."""
     if args.model == EMBEDDED:
+        if args.device_map is not None:
+            raise ValueError("--device-map is for hub or local models; the embedded SmolLM2 fits anywhere (use --device)")
         return embedded_model(device=args.device, dtype=args.dtype)
-    return load_model(args.model, device=args.device, dtype=args.dtype)
+    return load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
 
 
 def parse_ints(text: str, what: str) -> list[int]:

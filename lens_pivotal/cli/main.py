@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     process group first and, with CUDA, takes the GPU its ``LOCAL_RANK`` names unless ``--device`` says otherwise."""
     args = build_parser().parse_args(argv)
     device = init_from_environment()
-    if device is not None and getattr(args, "device", "unset") is None:
+    if device is not None and getattr(args, "device", "unset") is None and getattr(args, "device_map", None) is None:
         args.device = str(device)
     try:
         return args.func(args)

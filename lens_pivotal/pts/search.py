@@ -24,7 +24,7 @@ from lens_pivotal.pts.problems import Oracle, Problem, numeric_oracle
 from lens_pivotal.pts.prompts import PromptFormat, prompt_token_ids
 from lens_pivotal.pts.rollouts import HFRollouts, RolloutBackend, SamplingConfig, stop_token_ids
 from lens_pivotal.pts.schema import PivotalToken
-from lens_pivotal.unhooked import unhooked_hf_model
+from lens_pivotal.unhooked import is_split, unhooked_hf_model
 
 Prefix = tuple[int, ...]
 
@@ -199,13 +199,13 @@ def hf_backend(model: Any, sampling: SamplingConfig, hooks: bool = False) -> HFR
     """Batched KV-cached rollouts on a TransformerLens bridge (or on an HF causal LM itself).
 
     With ``hooks=False`` a bridge samples through :func:`~lens_pivotal.unhooked.unhooked_hf_model` (same weights,
-    no hook points, fused attention: faster); ``hooks=True`` samples through ``model.original_model``, so hooks
+    no hook points, fused attention: faster) unless a device map split it over GPUs; ``hooks=True`` samples through ``model.original_model``, so hooks
     added with ``model.hooks(...)`` fire at every step (steering).
     """
     if not hasattr(model, "original_model"):
         hf_model = model
     else:
-        hf_model = model.original_model if hooks else unhooked_hf_model(model)
+        hf_model = model.original_model if hooks or is_split(model.original_model) else unhooked_hf_model(model)
     return HFRollouts(hf_model, stop_token_ids(model.tokenizer, hf_model), sampling)
 
 
