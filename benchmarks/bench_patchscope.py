@@ -8,6 +8,9 @@ alternation in one process; the ratio reported is the median of per-round ratios
 
     python benchmarks/bench_patchscope.py                                      # embedded SmolLM2, CPU
     python benchmarks/bench_patchscope.py --model qwen3-0.6b-random --device cuda --dtype bfloat16 --n-prompts 512
+
+``--json PATH`` also appends the result to PATH as one JSON line (``benchmarks/gpu_suite.sh``), throughput counted
+as (prompt, layer) rows decoded per second.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import alternate, machine_description, today  # noqa: E402
+from common import (  # noqa: E402
+    Timings, alternate, block_flops_per_token, fraction_of_peak, machine_description, result_record, today, write_result,
+)
 
 import lens_pivotal as lp  # noqa: E402
 from lens_pivotal.model import resolve_device, resolve_dtype  # noqa: E402
@@ -68,6 +73,24 @@ def ours(model, prompts: list[str], batch_size: int, source_batch_size: int):
     )
 
 
+def json_record(model, prompts: list[str], device: torch.device, dtype: torch.dtype, timings: Timings, check: str) -> dict:
+    """The ``--json`` record: (prompt, layer) rows per second, and the share of the bf16 peak ours reaches.
+
+    Ours runs every prompt's tokens (the source states), the identity prompt's prefix once and one token per row,
+    all through every block; FLOPs count those tokens through the blocks only.
+    """
+    rows = len(prompts) * model.cfg.n_layers
+    tokens = sum(len(lp.tokens.token_ids(model, prompt)) for prompt in prompts)
+    tokens += len(lp.tokens.token_ids(model, IDENTITY_PROMPT)) - 1 + rows
+    seconds = timings.median("ours")
+    return result_record(
+        "bench_patchscope: (prompt, layer) rows/s vs a full forward per layer", device, dtype,
+        ours_tok_s=rows / seconds, baseline_tok_s=rows / timings.median("full_forward"),
+        ratio=timings.ratio("full_forward", "ours"),
+        fraction_of_peak=fraction_of_peak(tokens * block_flops_per_token(model.blocks) / seconds, device), check=check,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded", help=f"embedded (default), {RANDOM_QWEN3}, a hub id or a directory")
@@ -78,6 +101,7 @@ def main() -> None:
     parser.add_argument("--our-batch-size", type=int, default=512, help="ours: (prompt, layer) rows per forward (one token each)")
     parser.add_argument("--source-batch-size", type=int, default=64, help="both: prompts per source forward")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", metavar="PATH", default=None, help="append the result to PATH as one JSON line")
     args = parser.parse_args()
 
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
@@ -109,6 +133,9 @@ def main() -> None:
     print(f"ours (one batch over layers, KV-reused prefix): {timings.median('ours'):.3f} s")
     print(f"speed-up (median of per-round full_forward/ours): {timings.ratio('full_forward', 'ours'):.2f}x")
     print("P@1 per layer: " + " ".join(f"{value:.2f}" for value in result.precision_at_1["patchscope"].tolist()))
+    if args.json:
+        check = f"top-1 identical: {same_tops}; max |P@1 diff| {p1_diff:.1e}; max |surprisal diff| {surprisal_diff:.1e}"
+        write_result(args.json, json_record(model, prompts, device, dtype, timings, check))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ ratios are medians of per-round ratios.
     python benchmarks/bench_pts.py                                    # SmolLM2-135M architecture, random weights, CPU
     python benchmarks/bench_pts.py --model embedded --question "Tom has 4 marbles. A friend gives Tom 13 more marbles. How many marbles does Tom have now?"
     python benchmarks/bench_pts.py --device cuda --dtype bfloat16 --num-samples 64 --max-new-tokens 256
+
+``--json PATH`` also appends ours against ``hf_batched`` to PATH as one JSON line (``benchmarks/gpu_suite.sh``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import alternate, machine_description, today  # noqa: E402
+from common import (  # noqa: E402
+    Timings, alternate, block_flops_per_token, fraction_of_peak, machine_description, result_record, today, write_result,
+)
 
 from lens_pivotal.model import resolve_device, resolve_dtype  # noqa: E402
 from lens_pivotal.pts.rollouts import HFRollouts, SamplingConfig  # noqa: E402
@@ -93,6 +97,27 @@ def make_prompt(args: argparse.Namespace, vocab_size: int) -> torch.Tensor:
     return torch.tensor([prompt_token_ids(AutoTokenizer.from_pretrained(name), args.question, ARITHMETIC_ONE_SHOT)])
 
 
+def ratio_of_rates(ours: list[float], theirs: list[float]) -> float:
+    """Median over rounds of ours/theirs throughput, each round timed back to back."""
+    return statistics.median(mine / other for mine, other in zip(ours, theirs))
+
+
+def json_record(model, device: torch.device, dtype: torch.dtype, prompt_length: int, counts: dict[str, list[int]],
+                rates: dict[str, list[float]], timings: Timings) -> dict:
+    """The ``--json`` record: ours against ``hf_batched``, and the share of the bf16 peak ours reaches.
+
+    FLOPs count the prompt once (ours prefills it once) and each generated token once, through the blocks only.
+    """
+    tokens = {name: statistics.median(counts[name][WARMUP:]) for name in ("ours", "hf_batched")}
+    flops_per_second = (prompt_length + tokens["ours"]) * block_flops_per_token(model.model.layers) / timings.median("ours")
+    return result_record(
+        "bench_pts: generated tok/s vs one batched HF generate", device, dtype,
+        ours_tok_s=statistics.median(rates["ours"]), baseline_tok_s=statistics.median(rates["hf_batched"]),
+        ratio=ratio_of_rates(rates["ours"], rates["hf_batched"]), fraction_of_peak=fraction_of_peak(flops_per_second, device),
+        check=f"sampled, no token check; tokens per round: ours {tokens['ours']:.0f}, HF {tokens['hf_batched']:.0f}",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=RANDOM_SMOLLM2, help=f"{RANDOM_SMOLLM2} (default), embedded, a hub id or a directory")
@@ -109,6 +134,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--skip-per-sample", action="store_true", help="leave out the slow one-call-per-sample loop")
+    parser.add_argument("--json", metavar="PATH", default=None, help="append ours vs hf_batched to PATH as one JSON line")
     args = parser.parse_args()
 
     if args.threads:
@@ -146,8 +172,9 @@ def main() -> None:
         tokens = statistics.median(counts[name][WARMUP:])
         print(f"{name:>11}: {timings.median(name):8.3f} s  {tokens:6.0f} tokens  {statistics.median(rates[name]):10,.0f} tok/s")
     for baseline in [name for name in contenders if name != "ours"]:
-        ratio = statistics.median(ours / theirs for ours, theirs in zip(rates["ours"], rates[baseline]))
-        print(f"ours / {baseline} throughput (median of per-round ratios): {ratio:.2f}x")
+        print(f"ours / {baseline} throughput (median of per-round ratios): {ratio_of_rates(rates['ours'], rates[baseline]):.2f}x")
+    if args.json:
+        write_result(args.json, json_record(model, device, dtype, prompt.shape[1], counts, rates, timings))
 
 
 if __name__ == "__main__":
