@@ -248,7 +248,7 @@ def search_pivotal_tokens(
             group, call this on every rank with the same arguments: problems are dealt out round-robin, each rank
             writes ``name.part-RANK-of-N.jsonl`` (resumable on its own), and once every rank is done rank 0 merges
             the parts into ``out``, equal to a one-process run. Parts left by an interrupted run, with any
-            number of processes, are merged in first.
+            number of processes, are merged in first. (Without ``out`` every rank searches every problem.)
         progress: show a tqdm bar over problems.
 
     The same seed gives the same rows (timestamps aside), however the run is split by interruptions.
