@@ -199,8 +199,8 @@ def hf_backend(model: Any, sampling: SamplingConfig, hooks: bool = False) -> HFR
     """Batched KV-cached rollouts on a TransformerLens bridge (or on an HF causal LM itself).
 
     With ``hooks=False`` a bridge samples through :func:`~lens_pivotal.unhooked.unhooked_hf_model` (same weights,
-    no hook points, fused attention: faster) unless a device map split it over GPUs; ``hooks=True`` samples through ``model.original_model``, so hooks
-    added with ``model.hooks(...)`` fire at every step (steering).
+    no hook points, fused attention: faster) unless a device map split it over GPUs; ``hooks=True`` samples
+    through ``model.original_model``, so hooks added with ``model.hooks(...)`` fire at every step (steering).
     """
     if not hasattr(model, "original_model"):
         hf_model = model
