@@ -27,11 +27,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, default: str) -> None:
 
 def load_model_from_args(args: argparse.Namespace) -> TransformerBridge:
     """The model named by :func:`add_model_arguments`' arguments (``embedded``: the offline SmolLM2)."""
+    device_map = getattr(args, "device_map", None)  # commands that define their own --model have no --device-map
     if args.model == EMBEDDED:
-        if args.device_map is not None:
+        if device_map is not None:
             raise ValueError("--device-map is for hub or local models; the embedded SmolLM2 fits anywhere (use --device)")
         return embedded_model(device=args.device, dtype=args.dtype)
-    return load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+    return load_model(args.model, device=args.device, dtype=args.dtype, device_map=device_map)
 
 
 def parse_ints(text: str, what: str) -> list[int]:

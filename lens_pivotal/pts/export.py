@@ -19,7 +19,7 @@ from lens_pivotal.model import resid_post_hook
 from lens_pivotal.pts.problems import Problem, numeric_oracle
 from lens_pivotal.pts.rollouts import RolloutBackend
 from lens_pivotal.pts.schema import PivotalToken
-from lens_pivotal.pts.search import derive_seed
+from lens_pivotal.pts.search import derive_seed, graded_rollouts
 from lens_pivotal.resid.cache import cache_resid_post
 
 
@@ -114,9 +114,9 @@ def _success(model: Any, backend: RolloutBackend, oracle: Callable[[str, str], b
              context: list[int], token: int, search: CounterpartSearch) -> float:  # fmt: skip
     """P(success | context + token): the solved fraction of rollouts, graded on the answer from ``token`` on."""
     prefix = context + [token]
-    continuations = backend.sample(prefix, search.num_samples, search.max_new_tokens, derive_seed(search.seed, problem, prefix))
-    texts = [model.tokenizer.decode([token, *continuation], skip_special_tokens=True) for continuation in continuations]
-    return sum(oracle(text, problem.answer) for text in texts) / len(texts)
+    _, solved = graded_rollouts(backend, model.tokenizer, oracle, problem.answer, prefix, [token], search.num_samples,
+                                search.max_new_tokens, derive_seed(search.seed, problem, prefix))
+    return sum(solved) / len(solved)
 
 
 def steering_records(model: Any, rows: Sequence[PivotalToken], layer: int, *, batch_size: int = 16) -> list[dict[str, Any]]:

@@ -72,6 +72,17 @@ def derive_seed(seed: int, problem: Problem, prefix: Sequence[int]) -> int:
     return int.from_bytes(hashlib.blake2b(material, digest_size=8).digest(), "big") >> 1
 
 
+def graded_rollouts(
+    backend: RolloutBackend, tokenizer: Any, oracle: Oracle, answer: str, context: Sequence[int], graded_prefix: Sequence[int],
+    num_samples: int, max_new_tokens: int, seed: int,
+) -> tuple[list[list[int]], list[bool]]:
+    """Sample ``num_samples`` continuations of ``context``; each solution is ``graded_prefix`` + its continuation,
+    decoded and graded by ``oracle`` against ``answer``. Returns the solutions and whether each is solved."""
+    continuations = backend.sample(list(context), num_samples, max_new_tokens, seed)
+    solutions = [list(graded_prefix) + continuation for continuation in continuations]
+    return solutions, [oracle(tokenizer.decode(solution, skip_special_tokens=True), answer) for solution in solutions]
+
+
 class SuccessEstimator:
     """P(success | generated prefix) for one problem, by sampling; cached per prefix."""
 
@@ -94,12 +105,11 @@ class SuccessEstimator:
     def solutions(self, prefix: Prefix = ()) -> list[list[int]]:
         """``num_samples`` complete solutions starting with ``prefix``; also caches P(success | prefix)."""
         self.rollout_calls += 1
-        continuations = self.backend.sample(
-            self.prompt_ids + list(prefix), self.config.num_samples, self.config.max_new_tokens - len(prefix),
-            derive_seed(self.config.seed, self.problem, prefix),
+        solutions, solved = graded_rollouts(
+            self.backend, self.tokenizer, self.oracle, self.problem.answer, self.prompt_ids + list(prefix), prefix,
+            self.config.num_samples, self.config.max_new_tokens - len(prefix), derive_seed(self.config.seed, self.problem, prefix),
         )
-        solutions = [list(prefix) + continuation for continuation in continuations]
-        self.cache[prefix] = sum(map(self.solved, solutions)) / len(solutions)
+        self.cache[prefix] = sum(solved) / len(solved)
         return solutions
 
     def probability(self, prefix: Prefix) -> float:

@@ -18,7 +18,7 @@ from lens_pivotal.probes.metrics import group_bootstrap_weights
 from lens_pivotal.pts.problems import Problem, numeric_oracle
 from lens_pivotal.pts.prompts import PromptFormat, prompt_token_ids
 from lens_pivotal.pts.rollouts import SamplingConfig
-from lens_pivotal.pts.search import derive_seed, hf_backend
+from lens_pivotal.pts.search import derive_seed, graded_rollouts, hf_backend
 from lens_pivotal.steering.hooks import SteeringHook, steering_hook
 from lens_pivotal.viz import format_table
 
@@ -127,9 +127,9 @@ def evaluate_steering(
             for hook in chosen:
                 hook.reset()
             with model.hooks(fwd_hooks=[hook.fwd_hook for hook in chosen]):
-                completions = backend.sample(prompt_ids, samples, max_new_tokens, derive_seed(seed, problem, ()))
-            texts = [model.tokenizer.decode(tokens, skip_special_tokens=True) for tokens in completions]
-            solved[name][number] = np.mean([oracle(text, problem.answer) for text in texts])
+                completions, graded = graded_rollouts(backend, model.tokenizer, oracle, problem.answer, prompt_ids, [],
+                                                      samples, max_new_tokens, derive_seed(seed, problem, ()))
+            solved[name][number] = np.mean(graded)
             lengths[name][number] = np.mean([len(tokens) for tokens in completions])
     weights = group_bootstrap_weights(names, n_bootstrap, seed).double().numpy()
     results = [_summarise(name, solved[name], solved[NO_STEERING], lengths[name], weights, confidence) for name in settings]
