@@ -85,10 +85,11 @@ def merge_parts(out: str | os.PathLike, settings: dict[str, Any], order: Sequenc
     finished: dict[ProblemKey, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
     for source in ([out] if progress_path(out).is_file() else []) + parts:
         records = _read_progress(progress_path(source), settings)[0][1:]
-        rows = _read_json_lines(source)[0] if source.is_file() else []
+        rows_by_problem: dict[ProblemKey, list[dict[str, Any]]] = {}
+        for row in _read_json_lines(source)[0] if source.is_file() else []:
+            rows_by_problem.setdefault(_key(row), []).append(row)
         for record in records:
-            key = _key(record)
-            finished.setdefault(key, (record, [row for row in rows if _key(row) == key]))
+            finished.setdefault(_key(record), (record, rows_by_problem.get(_key(record), [])))
     rank = {key: index for index, key in enumerate(order)}
     keys = sorted(finished, key=lambda key: rank.get(key, len(rank)))
     atomic_write_text(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for key in keys for row in finished[key][1]))

@@ -141,8 +141,7 @@ def _write_store(
     def open_writer() -> StoreWriter:
         return StoreWriter.open_or_create(out, manifest=manifest, n_texts=len(rows.tokens), shard_texts=shard_texts)
 
-    on_rank_zero(open_writer)  # creates the store before any other rank opens it
-    writer = open_writer()
+    writer = on_rank_zero(open_writer) or open_writer()  # rank 0 creates the store before any other rank opens it
     mine = distributed_shard(list(enumerate(writer.ranges())))
     single = world()[1] == 1
     done = sum(len(texts) for shard, texts in mine if writer.is_written(shard))
