@@ -83,3 +83,10 @@ def test_demo_prints_a_logit_lens_table_and_trains_probes(tmp_path):
     assert len(metrics["layers"]) == 30 and max(metrics["metrics"]["auroc"]["value"]) > 0.8
     assert "(probe+entropy) - entropy [95% CI]" in result.stdout and len(metrics["cv_auroc"]) == 30
     assert (tmp_path / "demo" / "probes" / "probes" / "probes.safetensors").is_file()
+
+
+def test_a_device_map_for_the_embedded_model_is_a_clear_error(tmp_path, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("Hello\n")
+    assert main(["cache", str(texts), "--out", str(tmp_path / "s"), "--device-map", "auto"]) == 2
+    assert "--device-map is for hub or local models" in capsys.readouterr().err

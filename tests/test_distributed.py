@@ -187,3 +187,19 @@ def test_torchrun_runs_the_cache_command_one_worker_per_process(tmp_path, one_pr
     finished = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert_same_store(ResidStore.open(tmp_path / "store"), one_process_store)
+
+
+def _mismatched_store_worker(out: str) -> None:
+    model = lp.load_model(tiny_qwen_dir("qwen3"), device="cpu")
+    try:
+        lp.cache_resid_post(model, TEXTS[:2], [0, 0], out=out, progress=False)
+    except Exception as error:
+        _log_work(out, [f"{type(error).__name__}: {error}"])
+
+
+def test_a_failure_on_rank_zero_is_raised_on_every_rank(tmp_path, tiny_qwen3_model):
+    out = tmp_path / "store"
+    lp.cache_resid_post(tiny_qwen3_model, TEXTS, POSITIONS, out=out, progress=False)
+    run_ranks(tmp_path, _mismatched_store_worker, str(out))
+    assert work_log(out, 0)[0].startswith("StoreMismatchError: ") and "other inputs" in work_log(out, 0)[0]
+    assert work_log(out, 1)[0].startswith("RuntimeError: rank 0 failed: StoreMismatchError: ")
