@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/lens-pivotal demo --out $(DEMO_OUT)
+	$(VENV)/bin/lens-pivotal demo --out $(DEMO_OUT) --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q

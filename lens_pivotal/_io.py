@@ -39,15 +39,34 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(target: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a scratch directory that becomes ``target`` only if the block finishes.
 
-    If another process finished ``target`` first, its copy is kept and ours is discarded.
+    A ``target`` that exists and is not empty is refused (``FileExistsError``, before the block runs) unless
+    ``overwrite``; then it is replaced whole: the old copy is moved aside, the new one renamed in, the old deleted.
+    A reader sees the old directory or the new one, never a mix, and a failure leaves the old one in place.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    refuse_existing(target, overwrite)
+    with _scratch_dir(target) as scratch:
+        yield scratch
+        _give_default_permissions(scratch)
+        _replace_dir(scratch, target)
+
+
+def refuse_existing(target: str | os.PathLike, overwrite: bool) -> None:
+    """Raise ``FileExistsError`` if ``target`` exists and is not an empty directory, unless ``overwrite``: the check
+    :func:`atomic_dir` makes, for callers that want it before a long computation."""
+    if not overwrite and _is_nonempty_dir_or_file(Path(target)):
+        raise FileExistsError(f"{target} already exists: pass overwrite=True to replace it, or choose a new path")
+
+
+@contextlib.contextmanager
+def atomic_cache_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """:func:`atomic_dir` for a content-addressed cache entry: if another process finished ``target`` first (the
+    same content, by its key), its copy is kept and ours is discarded."""
+    target = Path(target)
+    with _scratch_dir(target) as scratch:
         yield scratch
         _give_default_permissions(scratch)
         try:
@@ -55,8 +74,37 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
         except OSError:
             if not target.is_dir():
                 raise
+
+
+@contextlib.contextmanager
+def _scratch_dir(target: Path) -> Iterator[Path]:
+    """A scratch directory beside ``target``, removed whatever happens (once renamed, there is nothing to remove)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _replace_dir(scratch: Path, target: Path) -> None:
+    """Rename ``scratch`` to ``target``, moving an existing ``target`` aside first and deleting it after."""
+    if not _is_nonempty_dir_or_file(target):
+        os.replace(scratch, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent)) / target.name
+    os.replace(target, aside)
+    try:
+        os.replace(scratch, target)
+    except BaseException:
+        os.replace(aside, target)
+        raise
+    finally:
+        shutil.rmtree(aside.parent, ignore_errors=True)
+
+
+def _is_nonempty_dir_or_file(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir()) or path.exists() and not path.is_dir()
 
 
 def _give_default_permissions(root: Path) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lens_pivotal._io import atomic_dir
+from lens_pivotal._io import atomic_cache_dir
 from lens_pivotal.model import load_model
 from lens_pivotal.paths import user_cache_dir
 
@@ -87,7 +87,7 @@ def embedded_model_dir() -> Path:
     sha256 = _sha256(gguf_path)
     target = user_cache_dir() / f"smollm2-135m-instruct-{sha256[:16]}"
     if not target.is_dir():
-        with atomic_dir(target) as scratch:
+        with atomic_cache_dir(target) as scratch:
             _convert(gguf_path, scratch)
             _write_provenance(scratch, gguf_path, sha256)
     return target

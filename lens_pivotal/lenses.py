@@ -106,12 +106,17 @@ class AffineMap:
         y = cache_resid_post(target_model, target_ids, positions, layers=[target_layer], batch_size=batch_size, progress=False)[0]
         return cls.fit(x, y, ridge=ridge)
 
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write ``affine_map.safetensors`` and ``affine_map.json`` into a new ``directory``, atomically."""
-        with atomic_dir(directory) as scratch:
+    def save(self, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write ``affine_map.safetensors`` and ``affine_map.json`` to ``directory`` (atomically: all or nothing).
+
+        Raises:
+            FileExistsError: ``directory`` exists and is not empty, unless ``overwrite`` (which replaces it whole).
+        """
+        with atomic_dir(directory, overwrite=overwrite) as scratch:
             save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, scratch / "affine_map.safetensors")
             meta = {"kind": "AffineMap", "d_in": self.weight.shape[0], "d_out": self.weight.shape[1]}
             (scratch / "affine_map.json").write_text(json.dumps(meta))
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> AffineMap:

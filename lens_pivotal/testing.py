@@ -30,7 +30,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from lens_pivotal._io import atomic_dir
+from lens_pivotal._io import atomic_cache_dir
 from lens_pivotal.paths import user_cache_dir
 
 QWEN_SPLIT_PATTERN = (
@@ -169,7 +169,7 @@ def qwen3_tokenizer_dir() -> Path:
     source = _qwen_tiktoken_file()
     target = user_cache_dir() / f"qwen3-tokenizer-{_sha256(source)[:12]}"
     if not (target / "tokenizer_config.json").is_file():
-        with atomic_dir(target) as scratch:
+        with atomic_cache_dir(target) as scratch:
             _build_tokenizer_dir(scratch, source)
     return target
 
@@ -220,7 +220,7 @@ def _tiny_dir(arch: str, seed: int, sizes: dict[str, int]) -> Path:
         return target
     model_class, config = _tiny_model(arch, sizes)
     qwen_dir = qwen3_tokenizer_dir()
-    with atomic_dir(target) as scratch, torch.random.fork_rng():
+    with atomic_cache_dir(target) as scratch, torch.random.fork_rng():
         torch.manual_seed(seed)
         model_class(config).save_pretrained(scratch)
         if arch == "llama":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 
@@ -72,3 +73,20 @@ def test_errors_are_one_line(trained, capsys, tmp_path):
 def test_transfer_refuses_two_datasets_with_one_name(tmp_path):
     with pytest.raises(SystemExit, match="--data names must differ in their last part"):
         run(["probe", "transfer", "--data", str(tmp_path / "a" / "rows.jsonl"), "--data", str(tmp_path / "b" / "rows.jsonl")])
+
+
+def test_a_rerun_into_the_same_folder_is_refused_and_overwrite_replaces_every_file(trained, capsys, tmp_path):
+    _, first, model = trained
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    (out / "left_from_an_older_run.txt").write_text("stale")
+    before = (out / "probes" / "probes.safetensors").read_bytes()
+    again = ["probe", "train", "--data", str(first.parent / "rows.jsonl"), "--model", model, "--device", "cpu",
+             "--out", str(out), "--n-bootstrap", "50", "--seed", "1"]
+    assert run(again) == 2 and "already exists" in capsys.readouterr().err
+    assert (out / "probes" / "probes.safetensors").read_bytes() == before
+    assert run([*again, "--overwrite"]) == 0
+    assert not (out / "left_from_an_older_run.txt").exists()
+    saved = json.loads((out / "probes" / "config.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert saved["config"]["settings"]["seed"] == 1 and saved["results"]["cv_auroc"] == metrics["cv_auroc"]

@@ -37,22 +37,23 @@ def _read_inputs(path: Path, text_field: str, positions_field: str, default_posi
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from lens_pivotal._io import atomic_dir
     from lens_pivotal.attributions.demo import attribution_demo
     from lens_pivotal.demo import run_demo
     from lens_pivotal.patchscope.demo import decoding_demo
     from lens_pivotal.probes.workflow import probe_demo
 
     model = load_model_from_args(args)
-    print(f"Logit lens of {model.cfg.model_name} ({model.cfg.n_layers} blocks): top next token at the last position")
-    print(run_demo(model, args.out))
-    print(f"\nwrote {args.out}/logit_lens.txt and logit_lens.json\n")
-    print(decoding_demo(model, args.out))
-    probes_out = Path(args.out) / "probes"
-    print(f"\nPivotal-token probes on the shipped PTS dataset ({model.cfg.model_name})")
-    print(probe_demo(model, probes_out, model_source=args.model))
-    print(f"\nwrote the probes, metrics.json, plots and HTML views to {probes_out}/")
-    print("\nWhy is this token pivotal? Token attributions of the best layer's probe and of the pivot token")
-    print(attribution_demo(model, probes_out / "probes", args.out))
+    with atomic_dir(args.out, overwrite=args.overwrite) as out:
+        print(f"Logit lens of {model.cfg.model_name} ({model.cfg.n_layers} blocks): top next token at the last position")
+        print(run_demo(model, out))
+        print(f"\nwrote {args.out}/logit_lens.txt and logit_lens.json\n")
+        print(decoding_demo(model, out))
+        print(f"\nPivotal-token probes on the shipped PTS dataset ({model.cfg.model_name})")
+        print(probe_demo(model, out / "probes", model_source=args.model))
+        print(f"\nwrote the probes, metrics.json, plots and HTML views to {Path(args.out) / 'probes'}/")
+        print("\nWhy is this token pivotal? Token attributions of the best layer's probe and of the pivot token")
+        print(attribution_demo(model, out / "probes" / "probes", out))
     return 0
 
 
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="logit-lens table of a few prompts on the embedded model (offline)")
     add_model_arguments(demo, EMBEDDED)
     demo.add_argument("--out", default="demo_out", help="folder for the files it writes (default: demo_out)")
+    demo.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
     demo.set_defaults(func=_cmd_demo)
 
     cache = commands.add_parser("cache", help="cache resid_post of texts at chosen positions into an on-disk store")

@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(train, EMBEDDED)
     train.add_argument("--data", required=True, help="PTS rows: a .jsonl/.parquet file or a hub id (online)")
     train.add_argument("--out", default="probes_out", help="output folder (default: probes_out)")
+    train.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
     train.add_argument("--layers", default=None, help="comma-separated blocks (default: all)")
     train.add_argument("--embeddings", action="store_true", help="also probe the embedding stream (HF state 0)")
     train.add_argument("--negatives-per-positive", type=float, default=1.0, help="negatives per positive (default: 1)")
@@ -82,7 +83,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     model = load_model_from_args(args)
     probes, examples = train_on_pts(
         model, rows, args.out, model_source=args.model, negatives_per_positive=args.negatives_per_positive,
-        layers=layers, embeddings=args.embeddings, batch_size=args.batch_size,
+        layers=layers, embeddings=args.embeddings, batch_size=args.batch_size, overwrite=args.overwrite,
         settings=ProbeSettings(
             solver=args.solver, l2=args.l2, val_fraction=args.val_fraction, n_bootstrap=args.n_bootstrap, seed=args.seed
         ),

@@ -357,11 +357,15 @@ class LayerProbes(ModelBound):
         y = _as_labels(labels, scores.shape[1])
         return auroc(scores, y.double(), torch.ones(1, len(y), dtype=torch.float64))[:, 0].float()
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``probes.safetensors`` and ``config.json`` to ``directory`` (atomically: all or nothing)."""
+    def save(self, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write ``probes.safetensors`` and ``config.json`` to ``directory`` (atomically: all or nothing).
+
+        Raises:
+            FileExistsError: ``directory`` exists and is not empty, unless ``overwrite`` (which replaces it whole).
+        """
         self._require_fitted()
         tensors = {"weight": self.weight, "bias": self.bias, "mean": self.mean, "scale": self.scale}
-        with atomic_dir(directory) as scratch:
+        with atomic_dir(directory, overwrite=overwrite) as scratch:
             save_file({name: value.contiguous().float() for name, value in tensors.items()}, scratch / WEIGHTS_FILE)
             (scratch / CONFIG_FILE).write_text(self.config.to_json())
         return Path(directory)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from lens_pivotal._io import atomic_write_text
+from lens_pivotal._io import atomic_dir
 from lens_pivotal.probes.examples import ProbeExamples, probe_examples
 from lens_pivotal.probes.layer_probes import LayerProbes, ProbeSettings, train_probes
 from lens_pivotal.probes.plots import plot_layer_metrics, plot_projection
@@ -31,24 +31,32 @@ def train_on_pts(
     embeddings: bool = False,
     batch_size: int = 16,
     settings: ProbeSettings | None = None,
+    overwrite: bool = False,
 ) -> tuple[LayerProbes, ProbeExamples]:
     """Train probes on PTS ``rows`` and write ``out/probes/``, ``metrics.json``, ``layer_metrics.png``,
     ``projection_best_layer.png`` and ``scores_best_layer.html`` / ``scores_all_layers.html`` (a held-out text).
 
-    ``settings`` (a :class:`~lens_pivotal.probes.ProbeSettings`) say how to train; its ``seed`` also seeds the negatives.
+    ``out`` is written whole or not at all: an existing, non-empty ``out`` is refused before any work unless
+    ``overwrite``, which replaces it (no file of an earlier run is left beside the new ones). ``settings`` (a
+    :class:`~lens_pivotal.probes.ProbeSettings`) say how to train; its ``seed`` also seeds the negatives.
     """
-    out = Path(out)
     settings = settings or ProbeSettings()
-    examples = probe_examples(model, rows, negatives_per_positive=negatives_per_positive, seed=settings.seed)
-    acts = examples.cache(model, layers=layers, embeddings=embeddings, batch_size=batch_size, progress=False)
-    baselines = examples.baselines(model, final_resid=last_block_rows(model, acts, layers), batch_size=batch_size)
-    probes = train_probes(
-        acts, examples.labels, groups=examples.groups, model=model, layers=layers, embeddings=embeddings,
-        settings=settings, baselines=baselines,
-    )
-    probes.config.model_source = model_source
+    with atomic_dir(out, overwrite=overwrite) as scratch:
+        examples = probe_examples(model, rows, negatives_per_positive=negatives_per_positive, seed=settings.seed)
+        acts = examples.cache(model, layers=layers, embeddings=embeddings, batch_size=batch_size, progress=False)
+        baselines = examples.baselines(model, final_resid=last_block_rows(model, acts, layers), batch_size=batch_size)
+        probes = train_probes(
+            acts, examples.labels, groups=examples.groups, model=model, layers=layers, embeddings=embeddings,
+            settings=settings, baselines=baselines,
+        )
+        probes.config.model_source = model_source
+        _write_artefacts(model, probes, examples, acts, scratch)
+    return probes, examples
+
+
+def _write_artefacts(model: Any, probes: LayerProbes, examples: ProbeExamples, acts: Any, out: Path) -> None:
     probes.save(out / "probes")
-    atomic_write_text(out / "metrics.json", json.dumps(metrics_record(probes, examples), indent=1))
+    (out / "metrics.json").write_text(json.dumps(metrics_record(probes, examples), indent=1))
     save_figure(plot_layer_metrics(probes), out / "layer_metrics.png")
     best = probes.best_layer
     projection = plot_projection(
@@ -59,7 +67,6 @@ def train_on_pts(
     text = heldout_text(probes, examples)
     token_scores_view(probes.score_text(model, text)).save(out / "scores_best_layer.html")
     token_scores_view(probes.score_text(model, text, layer="all")).save(out / "scores_all_layers.html")
-    return probes, examples
 
 
 def last_block_rows(model: Any, acts: Any, layers: Sequence[int] | None) -> Any:

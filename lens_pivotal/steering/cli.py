@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from lens_pivotal.cli.arguments import EMBEDDED, add_model_arguments, add_problem_arguments, load_model_from_args, problems_from_args
@@ -41,11 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed (default: 0)")
     evaluate.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples (default: 1000)")
     evaluate.add_argument("--out", default="steer_out", help="output folder (default: steer_out)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
     evaluate.set_defaults(func=_cmd_eval)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from lens_pivotal._io import atomic_write_text
+    from lens_pivotal._io import atomic_dir, refuse_existing
     from lens_pivotal.cli.arguments import parse_floats
     from lens_pivotal.probes.examples import probe_examples
     from lens_pivotal.probes.layer_probes import LayerProbes
@@ -56,6 +56,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from lens_pivotal.viz import save_figure
 
     alphas = parse_floats(args.alphas, "--alphas")
+    refuse_existing(args.out, args.overwrite)
     model = load_model_from_args(args)
     probes = LayerProbes.load(args.probes, model=model) if args.probes else None
     block = args.layer if args.layer is not None else _default_block(model, probes)
@@ -73,11 +74,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, built_from=vectors.config.groups, n_bootstrap=args.n_bootstrap,
     )
     print(f"{vectors}\nsteering block {block}, positions {args.positions}\n{report.format_table()}")
-    out = Path(args.out)
-    vectors.save(out / "vectors")
-    atomic_write_text(out / "report.json", json.dumps({"block": block, "alphas": alphas, **report.to_dict()}, indent=1))
-    save_figure(plot_alpha_sweep(report, alphas, title=f"{model.cfg.model_name}, block {block}"), out / "success_vs_alpha.png")
-    print(f"\nwrote {out}/report.json, success_vs_alpha.png and vectors/")
+    with atomic_dir(args.out, overwrite=args.overwrite) as out:
+        vectors.save(out / "vectors")
+        (out / "report.json").write_text(json.dumps({"block": block, "alphas": alphas, **report.to_dict()}, indent=1))
+        save_figure(plot_alpha_sweep(report, alphas, title=f"{model.cfg.model_name}, block {block}"), out / "success_vs_alpha.png")
+    print(f"\nwrote {args.out}/report.json, success_vs_alpha.png and vectors/")
     return 0
 
 

@@ -85,9 +85,13 @@ class SteeringVectors(ModelBound):
         vector = self.vectors[self.index(layer)]
         return vector / vector.norm().clamp_min(1e-12)
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``vectors.safetensors`` and ``config.json`` to ``directory`` (atomically: all or nothing)."""
-        with atomic_dir(directory) as scratch:
+    def save(self, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write ``vectors.safetensors`` and ``config.json`` to ``directory`` (atomically: all or nothing).
+
+        Raises:
+            FileExistsError: ``directory`` exists and is not empty, unless ``overwrite`` (which replaces it whole).
+        """
+        with atomic_dir(directory, overwrite=overwrite) as scratch:
             save_file({"vectors": self.vectors.contiguous()}, scratch / WEIGHTS_FILE)
             (scratch / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=1))
         return Path(directory)
