@@ -1,6 +1,7 @@
 """lens_pivotal: a TransformerLens plugin for residual caching, pivotal-token probes, PatchScope and PTS.
 
-Data flows ``model → resid → probes / patchscope / attributions / steering → views``::
+Data flows ``model → resid → probes / patchscope / attributions / steering → views``. A ``layer`` is always a block
+number (TransformerLens' ``blocks.{layer}``, its ``hook_resid_post``) or a hook name (``EMBEDDING_HOOK``)::
 
     import lens_pivotal as lp
     model = lp.load_model("Qwen/Qwen3-0.6B")              # a TransformerLens model
@@ -8,7 +9,7 @@ Data flows ``model → resid → probes / patchscope / attributions / steering �
     examples = lp.probe_examples(model, lp.load_pts("pts.jsonl"))
     probes = lp.train_probes(examples.cache(model), examples.labels, groups=examples.groups, model=model)
     lp.attribute_tokens(model, text, target=probes, layer=probes.best_layer).view()  # which tokens drive the probe
-    hook = lp.steering_hook(lp.steering_vectors(acts, examples), 4.0, layer=12, gate=(probes, 0.5))  # intervene
+    hook = lp.steering_hook(lp.steering_vectors(acts, examples, model=model), 4.0, layer=12, gate=(probes, 0.5))
 """
 
 from lens_pivotal import attributions, patchscope, probes, pts, resid, steering, tokens, viz
@@ -16,7 +17,7 @@ from lens_pivotal.attributions import HeadAttribution, TokenAttribution, attribu
 from lens_pivotal.embedded import embedded_model
 from lens_pivotal.kv_cache import KVCacheError
 from lens_pivotal.lenses import AffineMap, logit_lens
-from lens_pivotal.model import UnsupportedArchitectureError, load_model, resid_post_hook
+from lens_pivotal.model import EMBEDDING_HOOK, Layer, UnsupportedArchitectureError, load_model, resid_post_hook
 from lens_pivotal.patchscope import (
     IDENTITY_PROMPT,
     Patchscope,
@@ -25,7 +26,7 @@ from lens_pivotal.patchscope import (
     next_token_decoding,
     patch_hook,
 )
-from lens_pivotal.probes import LayerProbes, generate_with_scores, group_split, probe_examples, train_probes
+from lens_pivotal.probes import LayerProbes, ProbeSettings, generate_with_scores, group_split, probe_examples, train_probes
 from lens_pivotal.pts import load_pts, search_pivotal_tokens
 from lens_pivotal.resid import ResidStore, cache_resid_post
 from lens_pivotal.steering import SteeringVectors, evaluate_steering, steering_hook, steering_vectors
@@ -33,11 +34,14 @@ from lens_pivotal.viz import save_figure
 
 __all__ = [
     "AffineMap",
+    "EMBEDDING_HOOK",
     "HeadAttribution",
     "IDENTITY_PROMPT",
     "KVCacheError",
+    "Layer",
     "LayerProbes",
     "Patchscope",
+    "ProbeSettings",
     "ResidStore",
     "SteeringVectors",
     "TokenAttribution",

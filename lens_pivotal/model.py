@@ -11,11 +11,12 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence, Union
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from lens_pivotal.indices import resolve_index
 from lens_pivotal.kv_cache import check_kv_cache as verify_kv_cache
 from lens_pivotal.kv_cache import repair_kv_cache
 from lens_pivotal.tokens import keep_own_tokenizer
@@ -47,10 +48,75 @@ def block_of(hook_name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+Layer = Union[int, str]
+"""A layer, as every lens_pivotal call takes one: a block number ``l`` (TransformerLens' ``blocks.{l}``, whose
+``hook_resid_post`` is read; negatives count from the last block), or a hook name such as ``EMBEDDING_HOOK``."""
+
+
+def layer_hook(layer: Layer, n_layers: int) -> str:
+    """The hook name of ``layer`` in a model of ``n_layers`` blocks: ``blocks.{l}.hook_resid_post`` for a block,
+    a hook name as given.
+
+    Raises:
+        TypeError: ``layer`` is neither an int nor a string.
+        IndexError: a block outside the model.
+    """
+    if isinstance(layer, str):
+        return layer
+    block = resolve_index(layer, n_layers, f"block {layer!r}", f": the model has {n_layers} blocks")
+    return resid_post_hook(block)
+
+
+def hook_layer(hook_name: str) -> Layer:
+    """The :data:`Layer` naming ``hook_name``: its block for a ``hook_resid_post``, else the hook name itself."""
+    block = block_of(hook_name)
+    return hook_name if block is None else block
+
+
+def read_hooks(
+    model: Any | None, layers: Sequence[int] | None, embeddings: bool, *, n_slots: int | None = None
+) -> tuple[int, list[str]]:
+    """``(n_model_layers, hook_names)`` of activations cached with ``layers=layers, embeddings=embeddings``.
+
+    With a model, ``layers`` default to all its blocks and negatives count from its last. Without one (``model``
+    ``None``) they default to blocks ``0..n_slots - 1`` (less one slot for the embeddings), must be non-negative,
+    and ``n_model_layers`` is a lower bound (one past the deepest block). ``n_slots``, when given, must match.
+
+    Raises:
+        ValueError: a repeated block, an empty ``layers``, a negative block without a model, or ``n_slots`` slots
+            that are not the layers named.
+    """
+    if layers is not None and (isinstance(layers, int) or len(layers) == 0):
+        raise ValueError(f"layers must be a non-empty list of blocks, got {layers!r}")
+    if model is not None:
+        n_blocks = model.cfg.n_layers
+        bound = f": the model has {n_blocks} blocks"
+        blocks = list(range(n_blocks)) if layers is None else [resolve_index(b, n_blocks, f"block {b!r}", bound) for b in layers]
+    elif layers is None:
+        blocks = list(range((n_slots or 0) - int(embeddings)))
+    else:
+        if any(isinstance(b, bool) or not isinstance(b, int) or b < 0 for b in layers):
+            raise ValueError(f"without model=, layers must be non-negative block numbers, got {list(layers)}")
+        blocks = list(layers)
+    if len(set(blocks)) != len(blocks):
+        raise ValueError(f"layers has repeats: {list(layers or [])}")
+    hook_names = [EMBEDDING_HOOK] * bool(embeddings) + [resid_post_hook(block) for block in blocks]
+    if n_slots is not None and len(hook_names) != n_slots:
+        raise ValueError(f"acts has {n_slots} layers but layers={layers!r}, embeddings={embeddings} name {len(hook_names)}")
+    n_model_layers = n_blocks if model is not None else max(blocks, default=-1) + 1
+    return n_model_layers, hook_names
+
+
 def layer_label(hook_name: str) -> str:
     """Short label of a hook: the block number, or ``"emb"`` for the embedding stream."""
     block = block_of(hook_name)
     return str(block) if block is not None else ("emb" if hook_name == EMBEDDING_HOOK else hook_name)
+
+
+def describe_layer(hook_name: str) -> str:
+    """``"block 5"`` for a block's ``hook_resid_post``, else the hook name."""
+    block = block_of(hook_name)
+    return hook_name if block is None else f"block {block}"
 
 
 class ModelBound:
@@ -60,10 +126,29 @@ class ModelBound:
     _what = "these"
     config: Any
 
+    def slot(self, layer: Layer) -> int:
+        """Where ``layer`` (a block or a hook name, :data:`Layer`) sits in ``config.hook_names``: the index along the
+        first axis of the activations this reads, and of its per-layer results.
+
+        Raises:
+            ValueError: ``layer`` is not one of the layers this was made from (the message lists them).
+        """
+        name = layer_hook(layer, self.config.n_model_layers)
+        if name not in self.config.hook_names:
+            held = ", ".join(describe_layer(hook) for hook in self.config.hook_names)
+            raise ValueError(f"{describe_layer(name)} is not among the layers {self._what} read ({held})")
+        return self.config.hook_names.index(name)
+
+    @property
+    def layers(self) -> list[Layer]:
+        """The layers this reads, in slot order: block numbers, or hook names for other streams (the embeddings)."""
+        return [hook_layer(name) for name in self.config.hook_names]
+
     def check_model(self, model: Any) -> None:
         """Raise ``ValueError`` if ``model``'s ``d_model`` or layer count differ from the model this was made from."""
         config, theirs = self.config, (model.cfg.d_model, model.cfg.n_layers)
-        if theirs != (config.d_model, config.n_model_layers):
+        unknown = config.model_name == UNKNOWN_MODEL  # made from activations alone: the layer count is a lower bound
+        if theirs[0] != config.d_model or (theirs[1] < config.n_model_layers if unknown else theirs[1] != config.n_model_layers):
             raise ValueError(
                 f"{self._what} were made from {config.model_name!r} (d_model {config.d_model}, {config.n_model_layers} "
                 f"layers); {model.cfg.model_name!r} has d_model {theirs[0]} and {theirs[1]} layers"

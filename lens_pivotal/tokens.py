@@ -6,8 +6,10 @@
   token, so :func:`lens_pivotal.load_model` keeps the model's own tokenizer beside it (:func:`own_tokenizer`).
 - ``tokenization="transformer_lens"`` asks for TransformerLens' rule instead, ``model.to_tokens(text)``, which prepends
   a BOS per ``model.cfg.default_prepend_bos`` (for SmolLM2 that is ``<|im_start|>``, which its tokenizer never adds).
-- Texts that already hold the model's special tokens, such as PTS contexts written through a chat template, are read
-  with ``add_special_tokens=False``: the tokens the model saw.
+- A text that already holds one of the model's special tokens, such as a PTS context written through a chat
+  template, is read as it is (``add_special_tokens=False``): the tokens the model saw, with no second BOS.
+- Every entry point (caching, probes' ``score_text``, attributions, PatchScope, PTS and steering prompts) follows
+  this one rule by default (``add_special_tokens=None``); ``True`` or ``False`` overrides it.
 - Token ids (a list of ints or a 1-D tensor) are always used as given.
 """
 
@@ -37,6 +39,16 @@ def own_tokenizer(model: Any) -> Any:
     return getattr(model, _OWN_TOKENIZER, None) or model.tokenizer
 
 
+def holds_special_tokens(tokenizer: Any, text: str) -> bool:
+    """Whether ``text`` already contains one of ``tokenizer``'s special tokens (a BOS, a chat-template marker)."""
+    return any(token and token in text for token in getattr(tokenizer, "all_special_tokens", ()))
+
+
+def string_ids(model: Any, text: str) -> list[int]:
+    """Token ids of a string under the package's rule (:func:`token_ids`), as a list."""
+    return token_ids(model, text, device="cpu").tolist()
+
+
 def check_tokenization(tokenization: str) -> Tokenization:
     """``tokenization`` if it names a rule, else a ValueError naming the argument."""
     if tokenization not in get_args(Tokenization):
@@ -49,14 +61,16 @@ def token_ids(
     text: TextOrIds,
     *,
     tokenization: Tokenization = "tokenizer",
-    add_special_tokens: bool = True,
+    add_special_tokens: bool | None = None,
     what: str = "text",
     device: torch.device | str | None = None,
 ) -> Int[Tensor, " seq"]:
     """Token ids of ``text`` under the package's rule (module docstring), as a 1-D tensor on ``device`` (default: the
     model's device, ready to feed it).
 
-    ``what`` names the input in error messages (``"text 3"``, ``"target_prompt"``).
+    ``add_special_tokens``: ``None`` follows the rule (the tokenizer's own setting, except for a text that already
+    holds a special token); ``True``/``False`` is passed to the tokenizer. ``what`` names the input in error messages
+    (``"text 3"``, ``"target_prompt"``).
 
     Raises:
         TypeError: ``text`` is neither a string nor token ids.
@@ -65,6 +79,8 @@ def token_ids(
     check_tokenization(tokenization)
     device = device if device is not None else getattr(model.cfg, "device", None)
     if isinstance(text, str):
+        if add_special_tokens is None:
+            add_special_tokens = not holds_special_tokens(own_tokenizer(model), text)
         if tokenization == "transformer_lens" and add_special_tokens:
             ids = model.to_tokens(text)[0]
         else:

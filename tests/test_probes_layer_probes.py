@@ -248,8 +248,9 @@ def test_len_getitem_and_to_give_one_layers_probe(fitted):
     assert last.config.l2 == probes.config.l2[-1:] and last.config.control_auroc == probes.config.control_auroc[-1:]
     assert last.metrics.values["auroc"].tolist() == probes.metrics.values["auroc"][-1:].tolist()
     torch.testing.assert_close(last.predict_proba(acts[-1:]), probes.predict_proba(acts)[-1:])
-    with pytest.raises(IndexError, match="layer 5 is out of range: these probes cover 5 layers"):
+    with pytest.raises(IndexError, match="block 5 is out of range: the model has 5 blocks"):
         probes[5]
+    assert [one.config.hook_names for one in probes] == [[name] for name in probes.config.hook_names]
     assert probes.to("cpu") is probes and probes.weight.device.type == "cpu"
 
 
@@ -303,3 +304,48 @@ def test_bad_heldout_groups_are_named():
         train_probes(acts, labels, groups=groups, settings=settings, heldout_groups=["q0", "nope"])
     with pytest.raises(ValueError, match="must leave at least one group for training"):
         train_probes(acts, labels, groups=groups, settings=settings, heldout_groups=set(groups))
+
+
+def test_fit_forgets_the_earlier_evaluation_and_matches_sklearn_on_the_new_labels():
+    acts, labels, groups = planted(seed=1)
+    refit = train_probes(acts, labels, groups=groups, settings=ProbeSettings(l2=1.0, standardize=False, n_bootstrap=0))
+    assert refit.best_layer == PLANTED
+    other = (torch.rand(len(labels), generator=torch.Generator().manual_seed(5)) < 0.5).float()
+    refit.fit(acts, other, groups)
+    for result in ("metrics", "best_layer", "best_heldout_layer"):
+        with pytest.raises(RuntimeError, match="no held-out evaluation"):
+            getattr(refit, result)
+    with pytest.raises(RuntimeError, match="no held-out evaluation"):
+        refit.hook()
+    assert refit.config.control_auroc is None and refit.config.baseline_metrics is None
+    assert refit.config.n_train == len(labels) and refit.config.heldout_groups == []
+    reference = LogisticRegression(C=1 / (1.0 * len(labels)), class_weight="balanced", tol=1e-10, max_iter=10_000)
+    reference.fit(acts[0].numpy(), other.numpy())
+    assert np.abs(refit.predict_proba(acts)[0].numpy() - reference.predict_proba(acts[0].numpy())[:, 1]).max() < 2e-3
+
+
+def test_layer_means_the_block_without_a_model():
+    acts, labels, groups = planted()
+    acts = acts[[0, PLANTED]]  # the label lives in the second slot, block 9
+    probes = train_probes(acts, labels, groups=groups, layers=[5, 9], settings=ProbeSettings(l2=1.0, n_bootstrap=0))
+    assert probes.config.hook_names == ["blocks.5.hook_resid_post", "blocks.9.hook_resid_post"]
+    assert probes.best_layer == 9 and probes.layers == [5, 9] and probes.slot(9) == 1
+    assert probes.slot("blocks.9.hook_resid_post") == 1 and probes[9].config.hook_names == ["blocks.9.hook_resid_post"]
+    weight, offset = probes.residual_direction(9)
+    by_hand = acts[1] @ weight + offset  # the probe of block 9 reads the second slot, written out
+    torch.testing.assert_close(by_hand, probes.decision_function(acts)[1], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"block 1 is not among the layers these probes read \(block 5, block 9\)"):
+        probes[1]
+    with pytest.raises(ValueError, match="without model=, layers must be non-negative"):
+        train_probes(acts, labels, groups=groups, layers=[5, -1])
+    with pytest.raises(ValueError, match="acts has 2 layers but layers=\\[5\\]"):
+        train_probes(acts, labels, groups=groups, layers=[5])
+
+
+def test_layer_means_the_block_with_a_model_and_the_embeddings_are_named_by_their_hook(tiny_qwen3_model):
+    acts, labels, groups = planted(d_model=64)
+    acts = acts[:3]
+    probes = train_probes(acts, labels, groups=groups, model=tiny_qwen3_model, layers=[2, 0], embeddings=True,
+                          settings=ProbeSettings(l2=1.0, n_bootstrap=0))
+    assert probes.layers == ["blocks.0.hook_resid_pre", 2, 0] and probes.slot(-1) == 1
+    assert probes.slot("blocks.0.hook_resid_pre") == 0 and probes.slot(0) == 2

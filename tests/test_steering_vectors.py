@@ -71,5 +71,23 @@ def test_bad_inputs_are_named(cached):
         lp.steering_vectors(acts[:, :5], examples)
     with pytest.raises(ValueError, match="needs probes="):
         lp.steering_vectors(acts, examples, method="probe")
-    with pytest.raises(IndexError, match="layer 7 is out of range: these vectors cover 3 layers"):
+    with pytest.raises(IndexError, match="block 7 is out of range: the model has 3 blocks"):
         lp.steering_vectors(acts, examples).unit(7)
+
+
+def test_layers_name_blocks_with_or_without_a_model_and_the_hook_steers_that_block(tiny_qwen3_model, cached):
+    examples, acts = cached
+    labels = torch.tensor(examples.labels, dtype=torch.bool)
+    for model in (None, tiny_qwen3_model):
+        vectors = lp.steering_vectors(acts[[0, 2]], examples, sign="any", layers=[0, 2], model=model)
+        assert vectors.config.hook_names == ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
+        hook = lp.steering_hook(vectors, 0.5, layer=2)
+        by_hand = acts[2][labels].mean(0) - acts[2][~labels].mean(0)  # block 2's mean difference, written out
+        expected = 0.5 * acts[2].norm(dim=-1).mean() * by_hand / by_hand.norm()
+        assert hook.hook_name == "blocks.2.hook_resid_post"
+        torch.testing.assert_close(hook.addition, expected, atol=1e-5, rtol=1e-4)
+        with pytest.raises(ValueError, match=r"block 1 is not among the layers these vectors read \(block 0, block 2\)"):
+            lp.steering_hook(vectors, 0.5, layer=1)
+    assert lp.steering_hook(torch.ones(64), 1.0, layer="blocks.0.hook_resid_pre", absolute=True).hook_name == "blocks.0.hook_resid_pre"
+    with pytest.raises(ValueError, match="non-negative block or a hook name"):
+        lp.steering_hook(torch.ones(64), 1.0, layer=-1, absolute=True)

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     target.add_argument("--target", default=None, help="a token (exactly one) whose log-probability is attributed")
     target.add_argument("--target-id", type=int, default=None, help="the same, as a token id")
     attribute.add_argument("--probes", default=None, help="a probes directory: attribute the probe's logit")
-    attribute.add_argument("--layer", type=int, default=None, help="probed layer index (default: the best) or, with a "
+    attribute.add_argument("--layer", type=int, default=None, help="block of the probe (default: the best) or, with a "
                            "token, the block read through the logit lens")  # fmt: skip
     attribute.add_argument("--position", type=int, default=-1, help="token position of the target (default: -1)")
     attribute.add_argument("--method", choices=get_args(Method), default="integrated_gradients")

@@ -54,7 +54,7 @@ def explain_pivots(
     for index in tqdm(chosen, desc="explaining pivots", disable=not progress):
         row = rows[examples.source_rows[index]]
         ids = examples.token_ids[examples.text_index[index]][: examples.positions[index] + 1]
-        common = {"method": method, "add_special_tokens": False, **attribution_kwargs}
+        common = {"method": method, **attribution_kwargs}
         explanations.append(PivotExplanation(
             row,
             attribute_tokens(model, ids, target=probes, layer=layer, **common),

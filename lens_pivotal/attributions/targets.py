@@ -17,8 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lens_pivotal.indices import resolve_index
-from lens_pivotal.model import resid_post_hook
+from lens_pivotal.model import Layer, describe_layer, layer_hook
 from lens_pivotal.probes.layer_probes import LayerProbes
 from lens_pivotal.tokens import own_tokenizer
 
@@ -41,7 +40,6 @@ class Target:
     token_id: int | None = None
     direction: Float[Tensor, " d_model"] | None = None
     offset: float = 0.0
-    probe_layer: int | None = None
 
     def __call__(self, activation: Float[Tensor, "batch width"]) -> Float[Tensor, " batch"]:
         return self.read(activation)
@@ -52,7 +50,7 @@ def token_label(model: Any, token_id: int) -> str:
     return f"log P({model.tokenizer.decode([token_id])!r})"
 
 
-def resolve_target(model: Any, target: TargetSpec, layer: int | None, top1: Callable[[], int]) -> Target:
+def resolve_target(model: Any, target: TargetSpec, layer: Layer | None, top1: Callable[[], int]) -> Target:
     """The :class:`Target` a user's ``target`` (and ``layer``) name; ``top1()`` gives the model's own top-1 token
     (called only when ``target`` is ``None``).
 
@@ -88,8 +86,9 @@ def single_token_id(model: Any, token: str) -> int:
     return ids[0]
 
 
-def token_target(model: Any, token_id: int, layer: int | None) -> Target:
-    """The next-token log-probability of ``token_id``: from the logits, or through the logit lens at block ``layer``."""
+def token_target(model: Any, token_id: int, layer: Layer | None) -> Target:
+    """The next-token log-probability of ``token_id``: from the logits, or through the logit lens at ``layer`` (a
+    block or a hook name)."""
     vocabulary = model.cfg.d_vocab
     if not 0 <= token_id < vocabulary:
         raise IndexError(f"target token id {token_id} is outside the vocabulary (0..{vocabulary - 1})")
@@ -100,23 +99,24 @@ def token_target(model: Any, token_id: int, layer: int | None) -> Target:
 
     if layer is None:
         return Target(label, None, from_logits, token_id=token_id)
-    block = resolve_index(layer, model.cfg.n_layers, f"layer {layer!r}", f": the model has {model.cfg.n_layers} blocks")
+    hook_name = layer_hook(layer, model.cfg.n_layers)
+    if hook_name not in model.hook_dict:
+        raise ValueError(f"the model has no hook {hook_name!r} (see model.hook_dict for the names)")
     return Target(
-        f"{label}, logit lens at block {block}", resid_post_hook(block),
+        f"{label}, logit lens at {describe_layer(hook_name)}", hook_name,
         lambda resid: from_logits(model.unembed(model.ln_final(resid))), token_id=token_id,
     )  # fmt: skip
 
 
-def probe_target(model: Any, probes: LayerProbes, layer: int | None) -> Target:
-    """The logit of probed layer ``layer`` (an index into the probes' layers; ``None``: their best layer)."""
+def probe_target(model: Any, probes: LayerProbes, layer: Layer | None) -> Target:
+    """The logit of the probe of ``layer`` (a block or a hook name; ``None``: the probes' best layer)."""
     probes.check_model(model)
-    index = probes.best_layer if layer is None else layer
-    index = resolve_index(index, probes.n_layers, f"layer {index!r}", f": these probes cover {probes.n_layers} layers")
-    direction, offset = probes.residual_direction(index)
+    layer = probes.best_layer if layer is None else layer
+    hook_name = probes.config.hook_names[probes.slot(layer)]
+    direction, offset = probes.residual_direction(layer)
     return Target(
-        f"probe logit, layer {probes.layer_labels[index]}", probes.config.hook_names[index],
-        lambda resid: probes.logits_at([index], resid.unsqueeze(0))[0], direction=direction, offset=offset,
-        probe_layer=index,
+        f"probe logit, {describe_layer(hook_name)}", hook_name,
+        lambda resid: probes.logits_at([hook_name], resid.unsqueeze(0))[0], direction=direction, offset=offset,
     )  # fmt: skip
 
 

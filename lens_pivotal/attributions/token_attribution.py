@@ -19,7 +19,7 @@ from torch import Tensor
 
 from lens_pivotal.attributions.targets import Target, TargetSpec, resolve_target
 from lens_pivotal.indices import resolve_index
-from lens_pivotal.model import EMBEDDING_HOOK, StopForward
+from lens_pivotal.model import EMBEDDING_HOOK, Layer, StopForward
 from lens_pivotal.tokens import TextOrIds, Tokenization, token_ids
 from lens_pivotal.viz.html import HTMLView
 
@@ -80,12 +80,12 @@ def attribute_tokens(
     target: TargetSpec,
     position: int = -1,
     method: Method = "integrated_gradients",
-    layer: int | None = None,
+    layer: Layer | None = None,
     baseline: Literal["zero"] | int = "zero",
     steps: int = 32,
     batch_size: int = 8,
     tokenization: Tokenization = "tokenizer",
-    add_special_tokens: bool = True,
+    add_special_tokens: bool | None = None,
 ) -> TokenAttribution:
     """Attribute ``target`` at ``position`` to the tokens of ``text`` with captum.
 
@@ -100,12 +100,14 @@ def attribute_tokens(
         method: ``"integrated_gradients"`` (straight line from the baseline embeddings, ``steps`` Gauss-Legendre
             points), ``"input_x_gradient"`` (gradient dotted with the embedding) or ``"occlusion"`` (target minus
             the target with that token's embedding replaced by the baseline's).
-        layer: with probes, the probed layer (index into their layers; default their best); with a token, read the
-            log-probability through the logit lens at this block instead of the final logits.
+        layer: a block (TransformerLens' ``blocks.{layer}``) or a hook name. With probes, the probe of that layer
+            (default: their best layer); with a token, read the log-probability through the logit lens there
+            instead of the final logits.
         baseline: ``"zero"`` (all-zero embeddings) or a token id whose embedding replaces every token.
         steps: integrated-gradients points; raise it when ``convergence_delta`` is large.
         batch_size: inputs per forward/backward pass (path points, or occluded copies).
-        tokenization, add_special_tokens: how a string is tokenized (:func:`lens_pivotal.tokens.token_ids`).
+        tokenization, add_special_tokens: how a string is tokenized (:func:`lens_pivotal.tokens.token_ids`; the
+            default is the package's one rule, as in every other call).
 
     Raises:
         ValueError: an unknown method or baseline, ``steps`` or ``batch_size`` below 1, a bad target.

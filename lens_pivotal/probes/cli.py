@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--model", default=None, help="hub id, directory or 'embedded' (default: the probes' own model)")
     score.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     score.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
-    score.add_argument("--layer", type=int, default=None, help="index of the probed layer (default: the best)")
+    score.add_argument("--layer", type=int, default=None, help="block whose probe scores (default: the best)")
     score.add_argument("--threshold", type=float, default=0.5, help="mark tokens scored at least this (default: 0.5)")
     score.add_argument("--html", default=None, help="also save a circuitsvis view to this file")
     score.set_defaults(func=_cmd_score)

@@ -26,6 +26,7 @@ from jinja2 import TemplateError
 from torch import Tensor
 
 from lens_pivotal.pts.problems import group_name
+from lens_pivotal.tokens import own_tokenizer
 from lens_pivotal.pts.schema import PivotalToken, load_pts
 
 
@@ -123,7 +124,7 @@ def probe_examples(
     """
     if negatives_per_positive < 0:
         raise ValueError(f"negatives_per_positive must be >= 0, got {negatives_per_positive}")
-    tokenizer = getattr(model, "tokenizer", model)
+    tokenizer = own_tokenizer(model) if hasattr(model, "tokenizer") else model
     if not callable(tokenizer):
         raise TypeError("model must be a TransformerLens model with a tokenizer, or a Hugging Face tokenizer")
     rows = list(load_pts(rows) if isinstance(rows, (str, os.PathLike)) else rows)

@@ -14,7 +14,7 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Collection, ContextManager, Literal, Sequence
+from typing import Any, Callable, Collection, ContextManager, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -23,14 +23,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from lens_pivotal._io import atomic_dir
-from lens_pivotal.indices import resolve_index
-from lens_pivotal.model import UNKNOWN_MODEL, ModelBound, layer_label
+from lens_pivotal.model import UNKNOWN_MODEL, Layer, ModelBound, hook_layer, layer_label, read_hooks
 from lens_pivotal.probes.examples import group_folds, group_split
 from lens_pivotal.probes.baselines import check_baselines, fit_baselines, fit_logistic
 from lens_pivotal.probes.metrics import LayerMetrics, auroc, group_bootstrap_weights, heldout_metrics
 from lens_pivotal.probes.scoring import LayerChoice, ProbeRecorder, TokenScores, recording, score_text
 from lens_pivotal.probes.training import Heads, balanced_weights, fit_adam, fit_lbfgs, head_losses
-from lens_pivotal.resid.cache import Layout, resolve_layers
 
 FORMAT = "lens_pivotal.layer_probes/2"
 FLAT_FORMAT = "lens_pivotal.layer_probes/1"  # the first format: one flat object; still read
@@ -213,8 +211,8 @@ class LayerProbes(ModelBound):
     ) -> LayerProbes:
         """Unfitted probes for the layers ``cache_resid_post(model, ..., layers=layers, embeddings=embeddings)``
         returns, trained as ``settings`` says (default: ``ProbeSettings()``)."""
-        hook_names = Layout(resolve_layers(model, layers), embeddings).hook_names
-        config = ProbeConfig(model.cfg.model_name, model.cfg.d_model, model.cfg.n_layers, hook_names, _settings(settings))
+        n_model_layers, hook_names = read_hooks(model, layers, embeddings)
+        config = ProbeConfig(model.cfg.model_name, model.cfg.d_model, n_model_layers, hook_names, _settings(settings))
         return cls(config)
 
     @property
@@ -223,19 +221,20 @@ class LayerProbes(ModelBound):
         return len(self.config.hook_names)
 
     @property
-    def best_layer(self) -> int:
-        """Index (into the probed layers) with the highest grouped cross-validated AUROC on the training problems:
-        chosen without the held-out problems, so that layer's held-out metrics are an unbiased estimate."""
+    def best_layer(self) -> Layer:
+        """The block (a hook name for the embedding stream) with the highest grouped cross-validated AUROC on the
+        training problems: chosen without the held-out problems, so that layer's held-out metrics are an unbiased
+        estimate. Per-layer results are in slot order: read them at ``probes.slot(probes.best_layer)``."""
         self._require_evaluated()
-        return int(self.config.best_layer)
+        return hook_layer(self.config.hook_names[self.config.best_layer])
 
     @property
-    def best_heldout_layer(self) -> int:
-        """Index with the highest held-out AUROC. Optimistic: picked on the test problems, its held-out AUROC is
+    def best_heldout_layer(self) -> Layer:
+        """The block with the highest held-out AUROC. Optimistic: picked on the test problems, its held-out AUROC is
         biased upwards (report :attr:`best_layer`'s instead)."""
         self._require_evaluated()
         heldout_best = self.config.best_heldout_layer
-        return int(self.config.best_layer if heldout_best is None else heldout_best)
+        return hook_layer(self.config.hook_names[self.config.best_layer if heldout_best is None else heldout_best])
 
     @property
     def metrics(self) -> LayerMetrics:
@@ -300,9 +299,19 @@ class LayerProbes(ModelBound):
         self.config = replace(self.config, n_train=len(groups))
         return self
 
+    def _clear_results(self) -> None:
+        """Forget every result of an earlier fit or evaluation (scikit-learn's convention: ``fit`` starts afresh)."""
+        config = self.config
+        self.config = ProbeConfig(
+            config.model_name, config.d_model, config.n_model_layers, config.hook_names, config.settings,
+            model_source=config.model_source,
+        )
+        self.fitted = False
+
     def _train(self, x: Tensor, labels: Tensor, groups: list[str]) -> Heads:
         """Standardise on ``x``, choose each layer's L2 on ``labels[0]``, train a head per row of ``labels``
         (``[n_heads, n_rows]``, the same L2) and keep the first as the probes; returns every head."""
+        self._clear_results()
         self._fit_standardization(x.to(getattr(torch, self.config.settings.dtype)))
         x = self._prepared(x)
         l2 = self._choose_l2(x, labels[0], groups)
@@ -315,35 +324,36 @@ class LayerProbes(ModelBound):
     def predict_proba(self, acts: Float[Tensor, "n_layers n_rows d_model"]) -> Float[Tensor, "n_layers n_rows"]:
         """Probability that the next token is pivotal, per layer and row (computed on ``acts``' device)."""
         self._require_fitted()
-        return self.proba_at(list(range(self.n_layers)), self._check_acts(acts))
+        return self.proba_at(self.config.hook_names, self._check_acts(acts))
 
     def decision_function(self, acts: Float[Tensor, "n_layers n_rows d_model"]) -> Float[Tensor, "n_layers n_rows"]:
         """The probes' logits (before the sigmoid of :meth:`predict_proba`), per layer and row."""
         self._require_fitted()
-        return self.logits_at(list(range(self.n_layers)), self._check_acts(acts))
+        return self.logits_at(self.config.hook_names, self._check_acts(acts))
 
     def logits_at(
-        self, layers: Sequence[int], acts: Float[Tensor, "n_chosen n_rows d_model"]
+        self, layers: Sequence[Layer], acts: Float[Tensor, "n_chosen n_rows d_model"]
     ) -> Float[Tensor, "n_chosen n_rows"]:
-        """Logits from the probes of ``layers`` only, ``acts[k]`` read by the probe of ``layers[k]`` (differentiable
-        in ``acts``)."""
+        """Logits from the probes of ``layers`` (blocks or hook names) only, ``acts[k]`` read by the probe of
+        ``layers[k]`` (differentiable in ``acts``)."""
         self._require_fitted()
-        index = torch.as_tensor(list(layers), dtype=torch.long)
+        index = torch.as_tensor([self.slot(layer) for layer in layers], dtype=torch.long)
         x = self._standardized(acts.float(), index)
         logits = torch.einsum("lnd,ld->ln", x, self.weight[index].to(x.device))
         return logits + self.bias[index].to(x.device).unsqueeze(-1)
 
     def proba_at(
-        self, layers: Sequence[int], acts: Float[Tensor, "n_chosen n_rows d_model"]
+        self, layers: Sequence[Layer], acts: Float[Tensor, "n_chosen n_rows d_model"]
     ) -> Float[Tensor, "n_chosen n_rows"]:
-        """Probabilities from the probes of ``layers`` only, ``acts[k]`` read by the probe of ``layers[k]``."""
+        """Probabilities from the probes of ``layers`` (blocks or hook names) only, ``acts[k]`` read by the probe of
+        ``layers[k]``."""
         return torch.sigmoid(self.logits_at(layers, acts))
 
-    def residual_direction(self, layer: int) -> tuple[Float[Tensor, " d_model"], float]:
-        """Layer ``layer``'s probe in residual-stream units: ``(direction, offset)`` with logit ``= resid @ direction
-        + offset`` (the standardisation undone)."""
+    def residual_direction(self, layer: Layer) -> tuple[Float[Tensor, " d_model"], float]:
+        """The probe of ``layer`` (a block or a hook name) in residual-stream units: ``(direction, offset)`` with
+        logit ``= resid @ direction + offset`` (the standardisation undone)."""
         self._require_fitted()
-        index = resolve_index(layer, self.n_layers, f"layer {layer!r}", f": these probes cover {self.n_layers} layers")
+        index = self.slot(layer)
         direction = self.weight[index] / self.scale[index]
         return direction, float(self.bias[index] - self.mean[index] @ direction)
 
@@ -401,13 +411,13 @@ class LayerProbes(ModelBound):
         """Per-token probability that the NEXT token is pivotal; see :func:`lens_pivotal.probes.scoring.score_text`."""
         return score_text(self, model, text, layer)
 
-    def hook(self, layer: int | None = None) -> ProbeRecorder:
-        """A TransformerLens hook recording scores during any forward pass or ``generate``; see
-        :class:`lens_pivotal.probes.scoring.ProbeRecorder`."""
+    def hook(self, layer: Layer | None = None) -> ProbeRecorder:
+        """A TransformerLens hook recording the scores of ``layer``'s probe (a block or a hook name; default: the
+        best layer) during any forward pass or ``generate``; see :class:`lens_pivotal.probes.scoring.ProbeRecorder`."""
         return ProbeRecorder(self, self.best_layer if layer is None else layer)
 
     def recording(
-        self, model: Any, layer: int | None = None, on_score: Callable[[Tensor], object] | None = None
+        self, model: Any, layer: Layer | None = None, on_score: Callable[[Tensor], object] | None = None
     ) -> ContextManager[ProbeRecorder]:
         """Context manager attaching :meth:`hook` to ``model`` and yielding the recorder; always detached after.
         ``on_score`` is called with the last position's scores after each forward pass."""
@@ -416,15 +426,19 @@ class LayerProbes(ModelBound):
     def __len__(self) -> int:
         return self.n_layers
 
-    def __getitem__(self, layer: int) -> LayerProbes:
-        """The probe of one layer (an index into the probed layers, negatives from the end) as a one-layer
+    def __getitem__(self, layer: Layer) -> LayerProbes:
+        """The probe of ``layer`` (a block, negatives from the model's last, or a hook name) as a one-layer
         ``LayerProbes``, with that layer's part of the saved results."""
-        index = resolve_index(layer, self.n_layers, f"layer {layer!r}", f": these probes cover {self.n_layers} layers")
+        index = self.slot(layer)
         single = LayerProbes(self.config.for_layer(index))
         for name in ("weight", "bias", "mean", "scale"):
             setattr(single, name, getattr(self, name)[index : index + 1].clone())
         single.fitted = self.fitted
         return single
+
+    def __iter__(self) -> Iterator[LayerProbes]:
+        """Each probed layer's probe (one-layer ``LayerProbes``), in slot order."""
+        return (self[layer] for layer in self.layers)
 
     def to(self, device: str | torch.device) -> LayerProbes:
         """Move the weights and normalisation to ``device`` (in place; returns ``self``, like ``nn.Module.to``)."""
@@ -588,8 +602,10 @@ def train_probes(
             passing CUDA activations.
         labels: 1 where the next token is pivotal, else 0.
         groups: the problem of each row; splits never put one problem on both sides.
-        model: the model ``acts`` came from, with the ``layers``/``embeddings`` given to the cache call: recorded in
-            the config (model name, shape, hook names) so that :meth:`LayerProbes.load` can catch a mismatch.
+        model: the model ``acts`` came from: recorded in the config (model name, shape) so that
+            :meth:`LayerProbes.load` can catch a mismatch.
+        layers, embeddings: as given to the cache call (with or without ``model``): the blocks ``acts`` holds, in
+            order, so every later ``layer=`` names the block it means.
         settings: how to train and evaluate, e.g. ``ProbeSettings(l2=1e-2, val_fraction=0.2)`` (default:
             ``ProbeSettings()``); ``ADAM_PROBE_SETTINGS`` reproduces the Algoverse probing project's probe.
         baselines: per-row scores a probe must beat (``ProbeExamples.baselines(model)``: entropy, top-1
@@ -608,8 +624,8 @@ def train_probes(
     if model is not None:
         probes = LayerProbes.from_model(model, layers=layers, embeddings=embeddings, settings=settings)
     else:
-        hook_names = Layout(list(range(acts.shape[0])), False).hook_names
-        probes = LayerProbes(ProbeConfig(UNKNOWN_MODEL, acts.shape[2], acts.shape[0], hook_names, _settings(settings)))
+        n_model_layers, hook_names = read_hooks(None, layers, embeddings, n_slots=acts.shape[0])
+        probes = LayerProbes(ProbeConfig(UNKNOWN_MODEL, acts.shape[2], n_model_layers, hook_names, _settings(settings)))
     x, y, groups = probes._check_training_data(acts, labels, groups)
     chosen = probes.config.settings
     if heldout_groups is None:

@@ -37,7 +37,8 @@ def plot_layer_metrics(probes: LayerProbes, metrics: Sequence[str] = ("auroc", "
     for name, baseline in probes.baseline_metrics.items():
         line = axis.axhline(baseline["auroc"], linestyle="-.", linewidth=1, label=f"AUROC, {name} baseline (no probe)")
         axis.axhspan(baseline["auroc_low"], baseline["auroc_high"], color=line.get_color(), alpha=0.06)
-    axis.axvline(probes.best_layer, color="black", alpha=0.4, linestyle=":", label=f"best layer by CV ({probes.layer_labels[probes.best_layer]})")
+    best = probes.slot(probes.best_layer)
+    axis.axvline(best, color="black", alpha=0.4, linestyle=":", label=f"best layer by CV ({probes.layer_labels[best]})")
     axis.set_xticks(x, probes.layer_labels, fontsize=7)
     axis.set(xlabel="layer (block)", ylabel="held-out score", ylim=(0, 1.02))
     axis.grid(alpha=0.3)

@@ -14,8 +14,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lens_pivotal.indices import resolve_index
-from lens_pivotal.model import EMBEDDING_HOOK, block_of
+from lens_pivotal.model import EMBEDDING_HOOK, Layer, block_of
 from lens_pivotal.probes.views import token_scores_view
 from lens_pivotal.resid.cache import Layout, cache_resid_post
 from lens_pivotal.tokens import token_ids
@@ -24,22 +23,27 @@ from lens_pivotal.viz.html import HTMLView
 if TYPE_CHECKING:
     from lens_pivotal.probes.layer_probes import LayerProbes
 
-LayerChoice = int | Sequence[int] | str | None
+LayerChoice = Layer | Sequence[Layer] | None  # or "all"
 
 
 @dataclass
 class TokenScores:
-    """Per-token probe scores of one text: ``scores[k, t]`` = P(token ``t + 1`` is pivotal) at ``layer_labels[k]``."""
+    """Per-token probe scores of one text: ``scores[k, t]`` = P(token ``t + 1`` is pivotal) at ``layers[k]`` (a
+    block, or a hook name for the embedding stream; ``layer_labels[k]`` is its short label)."""
 
     tokens: list[str]
     token_ids: list[int]
     scores: Float[Tensor, "n_layers n_tokens"]
-    layers: list[int]
+    layers: list[Layer]
     layer_labels: list[str]
 
-    def top(self, k: int = 5, layer: int = 0) -> list[tuple[int, str, float]]:
-        """The ``k`` highest-scoring positions at ``layers[layer]``: ``(position, token, score)``."""
-        values, positions = self.scores[layer].topk(min(k, self.scores.shape[1]))
+    def top(self, k: int = 5, layer: Layer | None = None) -> list[tuple[int, str, float]]:
+        """The ``k`` highest-scoring positions at ``layer`` (a scored block or hook name; default: the first scored):
+        ``(position, token, score)``."""
+        if layer is not None and layer not in self.layers:
+            raise ValueError(f"layer {layer!r} was not scored; these scores hold layers {self.layers}")
+        row = self.scores[0 if layer is None else self.layers.index(layer)]
+        values, positions = row.topk(min(k, self.scores.shape[1]))
         return [(int(p), self.tokens[int(p)], float(v)) for v, p in zip(values, positions)]
 
     def view(self) -> HTMLView:
@@ -84,11 +88,12 @@ class ProbeRecorder:
     the token about to be sampled is pivotal, before it is sampled.
     """
 
-    def __init__(self, probes: LayerProbes, layer: int, on_score: Callable[[Tensor], object] | None = None) -> None:
+    def __init__(self, probes: LayerProbes, layer: Layer, on_score: Callable[[Tensor], object] | None = None) -> None:
         self.probes = probes
-        self.layer = resolve_index(layer, probes.n_layers, f"layer {layer!r}", f": these probes cover {probes.n_layers} layers")
-        self.hook_name: str = probes.config.hook_names[layer]
-        self.layer_label = probes.layer_labels[layer]
+        slot = probes.slot(layer)
+        self.hook_name: str = probes.config.hook_names[slot]
+        self.layer: Layer = probes.layers[slot]
+        self.layer_label = probes.layer_labels[slot]
         self.on_score = on_score
         self.scores: list[Tensor] = []
 
@@ -100,7 +105,7 @@ class ProbeRecorder:
     def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any) -> None:
         with torch.no_grad():
             batch, positions, d_model = resid.shape
-            scores = self.probes.proba_at([self.layer], resid.reshape(1, batch * positions, d_model))
+            scores = self.probes.proba_at([self.hook_name], resid.reshape(1, batch * positions, d_model))
             self.scores.append(scores.view(batch, positions).cpu())
         if self.on_score is not None:
             self.on_score(self.scores[-1][:, -1])
@@ -118,7 +123,7 @@ class ProbeRecorder:
 
 @contextlib.contextmanager
 def recording(
-    probes: LayerProbes, model: Any, layer: int | None = None, on_score: Callable[[Tensor], object] | None = None
+    probes: LayerProbes, model: Any, layer: Layer | None = None, on_score: Callable[[Tensor], object] | None = None
 ) -> Iterator[ProbeRecorder]:
     """Attach a :class:`ProbeRecorder` to ``model`` for the ``with`` block; the hook is always removed after."""
     probes.check_model(model)
@@ -128,23 +133,24 @@ def recording(
 
 
 def score_text(probes: LayerProbes, model: Any, text: str | Sequence[int] | Tensor, layer: LayerChoice = None) -> TokenScores:
-    """Probe scores for every token of ``text``: at the best layer (default), one layer, several, or ``"all"``.
+    """Probe scores for every token of ``text``: at the best layer (default), one layer (a block or a hook name),
+    several, or ``"all"``.
 
     The residual stream is cached with :func:`lens_pivotal.cache_resid_post` (stopping after the deepest block
     needed), then scored with :meth:`LayerProbes.predict_proba`'s arithmetic.
     """
     probes.check_model(model)
-    layers = _resolve_choice(probes, layer)
+    slots = _resolve_choice(probes, layer)
     ids = _answer_ids(model, text)
-    names = [probes.config.hook_names[index] for index in layers]
+    names = [probes.config.hook_names[slot] for slot in slots]
     layout = Layout(sorted({block_of(name) for name in names} - {None}) or [0], EMBEDDING_HOOK in names)
     acts = cache_resid_post(
         model, [ids], [list(range(len(ids)))], layers=layout.layers, embeddings=layout.embeddings, progress=False
     )
     selected = acts[[layout.hook_names.index(name) for name in names]]
-    scores = probes.proba_at(layers, selected)
+    scores = probes.proba_at(names, selected)
     tokens = [model.tokenizer.decode([token]) for token in ids]
-    return TokenScores(tokens, ids, scores, layers, [probes.layer_labels[index] for index in layers])
+    return TokenScores(tokens, ids, scores, [probes.layers[slot] for slot in slots], [probes.layer_labels[slot] for slot in slots])
 
 
 def generate_with_scores(
@@ -153,7 +159,7 @@ def generate_with_scores(
     prompt: str | Sequence[int] | Tensor,
     *,
     max_new_tokens: int = 32,
-    layer: int | None = None,
+    layer: Layer | None = None,
     threshold: float = 0.5,
     on_score: Callable[[float], object] | None = None,
     **generate_kwargs: Any,
@@ -177,18 +183,17 @@ def generate_with_scores(
 
 
 def _answer_ids(model: Any, text: str | Sequence[int] | Tensor) -> list[int]:
-    """Token ids of ``text`` as the probes' examples were tokenized: PTS contexts already hold the model's special
-    tokens, so none are added (:mod:`lens_pivotal.tokens`); ids pass through."""
-    return token_ids(model, text, add_special_tokens=False).tolist()
+    """Token ids of ``text`` under the package's one rule (:mod:`lens_pivotal.tokens`: a PTS context, which holds the
+    model's special tokens, is read as it is); ids pass through."""
+    return token_ids(model, text).tolist()
 
 
 def _resolve_choice(probes: LayerProbes, layer: LayerChoice) -> list[int]:
+    """The slots ``layer`` names: the best layer's (``None``), every slot (``"all"``), or those of the blocks or hook
+    names given."""
     if layer is None:
-        return [probes.best_layer]
+        return [probes.slot(probes.best_layer)]
     if layer == "all":
         return list(range(probes.n_layers))
-    if isinstance(layer, str):
-        raise ValueError(f"layer must be an index, a list of indices, 'all' or None, got {layer!r}")
-    chosen = [layer] if isinstance(layer, int) else list(layer)
-    bound = f": these probes cover {probes.n_layers} layers"
-    return [resolve_index(index, probes.n_layers, f"layer {index!r}", bound) for index in chosen]
+    chosen = [layer] if isinstance(layer, (int, str)) else list(layer)
+    return [probes.slot(one) for one in chosen]

@@ -121,7 +121,7 @@ def _cell(
 
 
 def _result(probes: LayerProbes, train: str, evaluate: str, **counts: int) -> TransferResult:
-    best, metrics, versus = probes.best_layer, probes.metrics, probes.versus_best_baseline
+    best, metrics, versus = probes.slot(probes.best_layer), probes.metrics, probes.versus_best_baseline
     baseline = probes.baseline_metrics[versus["baseline"]]
     return TransferResult(
         train=train, evaluate=evaluate, layer=probes.layer_labels[best],

@@ -58,7 +58,7 @@ def _write_artefacts(model: Any, probes: LayerProbes, examples: ProbeExamples, a
     probes.save(out / "probes")
     (out / "metrics.json").write_text(json.dumps(metrics_record(probes, examples), indent=1))
     save_figure(plot_layer_metrics(probes), out / "layer_metrics.png")
-    best = probes.best_layer
+    best = probes.slot(probes.best_layer)
     projection = plot_projection(
         acts[best], examples.labels, probes.predict_proba(acts)[best],
         title=f"PCA of layer {probes.layer_labels[best]} (best), all examples",
@@ -96,9 +96,9 @@ def metrics_record(probes: LayerProbes, examples: ProbeExamples) -> dict[str, An
         "n_train": config.n_train,
         "n_heldout": config.n_heldout,
         "layers": probes.layer_labels,
-        "best_layer": probes.layer_labels[probes.best_layer],
+        "best_layer": probes.layer_labels[probes.slot(probes.best_layer)],
         "best_layer_chosen_by": "grouped cross-validation on the training problems" if config.cv_auroc else "held-out AUROC (optimistic)",
-        "best_heldout_layer_optimistic": probes.layer_labels[probes.best_heldout_layer],
+        "best_heldout_layer_optimistic": probes.layer_labels[probes.slot(probes.best_heldout_layer)],
         "cv_auroc": config.cv_auroc,
         "metrics": config.metrics,
         "control_auroc": config.control_auroc,
@@ -151,10 +151,10 @@ def _with_interval(value: float, low: float, high: float, *, signed: bool = Fals
     return f"{value:{sign}.3f} [{float(low):{sign}.2f}, {float(high):{sign}.2f}]"
 
 
-def _layer_note(probes: LayerProbes, index: int) -> str:
-    if index == probes.best_layer:
+def _layer_note(probes: LayerProbes, slot: int) -> str:
+    if slot == probes.slot(probes.best_layer):
         return "<- best (CV)" if probes.config.cv_auroc is not None else "<- best (held-out, optimistic)"
-    return "<- best held-out (optimistic)" if index == probes.best_heldout_layer else ""
+    return "<- best held-out (optimistic)" if slot == probes.slot(probes.best_heldout_layer) else ""
 
 
 def format_baseline_table(probes: LayerProbes) -> str:

@@ -21,6 +21,7 @@ from lens_pivotal.pts.rollouts import RolloutBackend
 from lens_pivotal.pts.schema import PivotalToken
 from lens_pivotal.pts.search import derive_seed, graded_rollouts
 from lens_pivotal.resid.cache import cache_resid_post
+from lens_pivotal.tokens import own_tokenizer, string_ids
 
 
 @dataclass
@@ -82,7 +83,7 @@ def dpo_pairs(
 def _pair(model: Any, row: PivotalToken, problem: Problem, backend: RolloutBackend, oracle: Callable[[str, str], bool],
           search: CounterpartSearch) -> dict[str, Any] | str:  # fmt: skip
     """The row's pair, or why there is none."""
-    context = model.tokenizer(row.pivot_context, add_special_tokens=False)["input_ids"]
+    context = string_ids(model, row.pivot_context)
     if row.position is not None and len(context) != row.position:
         return f"pivot_context re-tokenizes to {len(context)} tokens, not the recorded position {row.position}"
     with torch.no_grad():
@@ -99,7 +100,7 @@ def _pair(model: Any, row: PivotalToken, problem: Problem, backend: RolloutBacke
     if not qualifies:
         return f"no candidate differs from the pivot's P(success) {pivot:.2f} by {search.prob_threshold}"
     probability = {**measured, row.pivot_token_id: pivot}
-    decode = model.tokenizer.decode
+    decode = own_tokenizer(model).decode
     return {
         "prompt": row.pivot_context, "chosen": decode([chosen]), "rejected": decode([rejected]),
         "metadata": {
@@ -114,7 +115,7 @@ def _success(model: Any, backend: RolloutBackend, oracle: Callable[[str, str], b
              context: list[int], token: int, search: CounterpartSearch) -> float:  # fmt: skip
     """P(success | context + token): the solved fraction of rollouts, graded on the answer from ``token`` on."""
     prefix = context + [token]
-    _, solved = graded_rollouts(backend, model.tokenizer, oracle, problem.answer, prefix, [token], search.num_samples,
+    _, solved = graded_rollouts(backend, own_tokenizer(model), oracle, problem.answer, prefix, [token], search.num_samples,
                                 search.max_new_tokens, derive_seed(search.seed, problem, prefix))
     return sum(solved) / len(solved)
 
@@ -122,7 +123,7 @@ def _success(model: Any, backend: RolloutBackend, oracle: Callable[[str, str], b
 def steering_records(model: Any, rows: Sequence[PivotalToken], layer: int, *, batch_size: int = 16) -> list[dict[str, Any]]:
     """One record per row: ``resid_post`` of block ``layer`` at the last token of ``pivot_context`` (the state that
     chose the pivot), with the token, ``prob_delta``, the query and the row's ids."""
-    contexts = [model.tokenizer(row.pivot_context, add_special_tokens=False)["input_ids"] for row in rows]
+    contexts = [string_ids(model, row.pivot_context) for row in rows]
     acts = cache_resid_post(model, contexts, [-1] * len(rows), layers=[layer], batch_size=batch_size, progress=False)[0]
     return [
         {"layer": layer, "hook_name": resid_post_hook(layer), "vector": vector.tolist(),

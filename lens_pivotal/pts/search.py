@@ -24,6 +24,7 @@ from lens_pivotal.pts.problems import Oracle, Problem, numeric_oracle
 from lens_pivotal.pts.prompts import PromptFormat, prompt_token_ids
 from lens_pivotal.pts.rollouts import HFRollouts, RolloutBackend, SamplingConfig, stop_token_ids
 from lens_pivotal.pts.schema import PivotalToken
+from lens_pivotal.tokens import own_tokenizer
 from lens_pivotal.unhooked import is_split, unhooked_hf_model
 
 Prefix = tuple[int, ...]
@@ -265,7 +266,7 @@ def search_pivotal_tokens(
     """
     config = SearchConfig(num_samples, prob_threshold, min_prob, max_prob, max_new_tokens, solutions_per_problem,
                           seed, SamplingConfig(temperature, top_p, top_k))
-    tokenizer = model.tokenizer
+    tokenizer = own_tokenizer(model)
     search = ProblemSearch(
         backend=backend or hf_backend(model, config.sampling), tokenizer=tokenizer, oracle=oracle, config=config,
         prompt=prompt or PromptFormat(), model_id=model_id or model.cfg.model_name,

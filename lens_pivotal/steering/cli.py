@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from lens_pivotal.cli.arguments import EMBEDDED, add_model_arguments, add_problem_arguments, load_model_from_args, problems_from_args
-from lens_pivotal.model import block_of, resid_post_hook
+from lens_pivotal.model import resid_post_hook
 from lens_pivotal.pts.dataset import SHIPPED_DATASETS
 from lens_pivotal.pts.prompts import PROMPT_PRESETS
 from lens_pivotal.steering.vectors import METHODS, SIGNS
@@ -68,7 +68,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     problems = [problem for problem in problems_from_args(args) if problem.group not in built_from]
     if not problems:
         raise SystemExit("error: every problem was used to build the vector: raise --n-problems or change --dataset-id")
-    settings = alpha_sweep(vectors, 0, alphas, positions=args.positions, gate=(probes, args.threshold) if probes else None)
+    settings = alpha_sweep(vectors, block, alphas, positions=args.positions, gate=(probes, args.threshold) if probes else None)
     report = evaluate_steering(
         model, problems, settings, samples=args.samples, seed=args.seed, prompt=PROMPT_PRESETS[args.prompt],
         max_new_tokens=args.max_new_tokens, built_from=vectors.config.groups, n_bootstrap=args.n_bootstrap,
@@ -83,14 +83,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _default_block(model: Any, probes: Any) -> int:
-    if probes is not None:
-        return block_of(probes.config.hook_names[probes.best_layer])
+    if probes is not None and isinstance(probes.best_layer, int):
+        return probes.best_layer
     return model.cfg.n_layers // 2
 
 
 def _probe_of_block(probes: Any, block: int) -> Any:
     """The probe reading ``block``'s ``resid_post``, as single-layer probes."""
-    hook_name = resid_post_hook(block)
-    if probes is None or hook_name not in probes.config.hook_names:
-        raise SystemExit(f"error: --method probe needs --probes with a probe on {hook_name}")
-    return probes[probes.config.hook_names.index(hook_name)]
+    if probes is None or resid_post_hook(block) not in probes.config.hook_names:
+        raise SystemExit(f"error: --method probe needs --probes with a probe on {resid_post_hook(block)}")
+    return probes[block]

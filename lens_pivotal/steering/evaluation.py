@@ -20,6 +20,7 @@ from lens_pivotal.pts.prompts import PromptFormat, prompt_token_ids
 from lens_pivotal.pts.rollouts import SamplingConfig
 from lens_pivotal.pts.search import derive_seed, graded_rollouts, hf_backend
 from lens_pivotal.steering.hooks import SteeringHook, steering_hook
+from lens_pivotal.tokens import own_tokenizer
 from lens_pivotal.viz import format_table
 
 NO_STEERING = "none"
@@ -122,12 +123,12 @@ def evaluate_steering(
     solved = {name: np.zeros(len(problems)) for name in settings}
     lengths = {name: np.zeros(len(problems)) for name in settings}
     for number, problem in enumerate(tqdm(problems, desc="steering evaluation", unit="problem", disable=not progress)):
-        prompt_ids = prompt_token_ids(model.tokenizer, problem.question, prompt)
+        prompt_ids = prompt_token_ids(own_tokenizer(model), problem.question, prompt)
         for name, chosen in settings.items():
             for hook in chosen:
                 hook.reset()
             with model.hooks(fwd_hooks=[hook.fwd_hook for hook in chosen]):
-                completions, graded = graded_rollouts(backend, model.tokenizer, oracle, problem.answer, prompt_ids, [],
+                completions, graded = graded_rollouts(backend, own_tokenizer(model), oracle, problem.answer, prompt_ids, [],
                                                       samples, max_new_tokens, derive_seed(seed, problem, ()))
             solved[name][number] = np.mean(graded)
             lengths[name][number] = np.mean([len(tokens) for tokens in completions])

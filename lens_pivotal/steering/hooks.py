@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lens_pivotal.model import resid_post_hook
+from lens_pivotal.model import Layer, resid_post_hook
 from lens_pivotal.probes.layer_probes import LayerProbes
 from lens_pivotal.steering.vectors import SteeringVectors
 
@@ -26,9 +26,9 @@ class SteeringHook:
 
     ``positions``: ``"all"``; ``"generated"``, the position that predicts each new token (the last position of every
     forward pass: the prompt's last token, then each KV-cached decode step); or absolute token indices (a pass of more
-    than one position starts a new sequence at 0, a one-position pass continues it). ``gate``: ``(probes, index,
-    threshold)``, steering only where ``probes``' layer ``index`` scores the unsteered residual at least
-    ``threshold``. Each pass appends its ``[batch, pos]`` steering mask to :attr:`masks`.
+    than one position starts a new sequence at 0, a one-position pass continues it). ``gate``: ``(probes,
+    threshold)``, steering only where ``probes``' probe on ``hook_name`` scores the unsteered residual at
+    least ``threshold``. Each pass appends its ``[batch, pos]`` steering mask to :attr:`masks`.
     """
 
     def __init__(
@@ -36,7 +36,7 @@ class SteeringHook:
         hook_name: str,
         addition: Float[Tensor, " d_model"],
         positions: Positions = "all",
-        gate: tuple[LayerProbes, int, float] | None = None,
+        gate: tuple[LayerProbes, float] | None = None,
     ) -> None:
         if isinstance(positions, str) and positions not in ("all", "generated"):
             raise ValueError(f"positions must be 'all', 'generated' or a list of token indices, got {positions!r}")
@@ -61,9 +61,9 @@ class SteeringHook:
         batch, length, d_model = resid.shape
         mask = self._position_mask(length, resid.device).expand(batch, length)
         if self.gate is not None:
-            probes, index, threshold = self.gate
+            probes, threshold = self.gate
             with torch.no_grad():
-                scores = probes.proba_at([index], resid.detach().reshape(1, batch * length, d_model)).view(batch, length)
+                scores = probes.proba_at([self.hook_name], resid.detach().reshape(1, batch * length, d_model)).view(batch, length)
             mask = mask & (scores.to(resid.device) >= threshold)
         self.masks.append(mask.cpu())
         return resid + mask.unsqueeze(-1).to(resid.dtype) * self.addition.to(resid)
@@ -88,17 +88,18 @@ def steering_hook(
     vector: SteeringVectors | Float[Tensor, " d_model"],
     alpha: float,
     *,
-    layer: int,
+    layer: Layer,
     positions: Positions = "all",
     gate: tuple[LayerProbes, float] | None = None,
     absolute: bool = False,
     residual_norm: float | None = None,
 ) -> SteeringHook:
-    """A hook for ``blocks.{layer}.hook_resid_post`` adding ``alpha * unit(vector) * scale``.
+    """A hook for ``layer`` (block ``l`` means ``blocks.{l}.hook_resid_post``; a hook name is used as given) adding
+    ``alpha * unit(vector) * scale``.
 
     Args:
-        vector: :class:`SteeringVectors` (``layer`` indexes its layers; its hook and mean residual norm are used) or a
-            raw ``[d_model]`` tensor (``layer`` is the block).
+        vector: :class:`SteeringVectors` (which must hold ``layer``; its mean residual norm there is used) or a raw
+            ``[d_model]`` tensor.
         alpha: the step, in units of the layer's mean residual norm (``scale``), or absolute with ``absolute=True``.
         positions: ``"all"``, ``"generated"`` or token indices (see :class:`SteeringHook`).
         gate: ``(probes, threshold)``: steer only where the probe reading this hook scores the unsteered residual at
@@ -106,23 +107,32 @@ def steering_hook(
         residual_norm: the scale for a raw tensor when ``absolute`` is False.
     """
     if isinstance(vector, SteeringVectors):
-        index = vector.index(layer)
-        hook_name, unit = vector.config.hook_names[index], vector.unit(index)
+        index = vector.slot(layer)
+        hook_name, unit = vector.config.hook_names[index], vector.unit(layer)
         scale = 1.0 if absolute else vector.config.residual_norm[index]
     else:
         if vector.ndim != 1:
             raise ValueError(f"vector must be [d_model] or SteeringVectors, got shape {tuple(vector.shape)}")
         if not absolute and residual_norm is None:
             raise ValueError("a raw vector needs residual_norm=... (the layer's mean residual norm) or absolute=True")
-        hook_name, unit = resid_post_hook(layer), vector.float() / vector.float().norm().clamp_min(1e-12)
+        hook_name, unit = _raw_vector_hook(layer), vector.float() / vector.float().norm().clamp_min(1e-12)
         scale = 1.0 if absolute else float(residual_norm)
     return SteeringHook(hook_name, alpha * scale * unit, positions, _gate(gate, hook_name))
 
 
-def _gate(gate: tuple[LayerProbes, float] | None, hook_name: str) -> tuple[LayerProbes, int, float] | None:
+def _raw_vector_hook(layer: Layer) -> str:
+    """The hook a raw vector steers: there is no model to count a negative block from the end of."""
+    if isinstance(layer, str):
+        return layer
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+        raise ValueError(f"layer for a raw vector must be a non-negative block or a hook name, got {layer!r}")
+    return resid_post_hook(layer)
+
+
+def _gate(gate: tuple[LayerProbes, float] | None, hook_name: str) -> tuple[LayerProbes, float] | None:
     if gate is None:
         return None
     probes, threshold = gate
     if hook_name not in probes.config.hook_names:
         raise ValueError(f"the gate's probes read {probes.config.hook_names}, not {hook_name!r}, the steered hook")
-    return probes, probes.config.hook_names.index(hook_name), float(threshold)
+    return probes, float(threshold)

@@ -20,11 +20,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from lens_pivotal._io import atomic_dir
-from lens_pivotal.indices import resolve_index
-from lens_pivotal.model import UNKNOWN_MODEL, ModelBound, layer_label
+from lens_pivotal.model import UNKNOWN_MODEL, Layer, ModelBound, layer_label, read_hooks
 from lens_pivotal.probes.examples import ProbeExamples
 from lens_pivotal.probes.layer_probes import LayerProbes
-from lens_pivotal.resid.cache import Layout, resolve_layers
 
 FORMAT = "lens_pivotal.steering_vectors/1"
 CONFIG_FILE = "config.json"
@@ -76,13 +74,9 @@ class SteeringVectors(ModelBound):
         """Block number of each layer (``"emb"`` for the embedding stream)."""
         return [layer_label(name) for name in self.config.hook_names]
 
-    def index(self, layer: int) -> int:
-        """``layer`` (an index into these vectors, negative from the end) checked and made non-negative."""
-        return resolve_index(layer, self.n_layers, f"layer {layer!r}", f": these vectors cover {self.n_layers} layers")
-
-    def unit(self, layer: int) -> Float[Tensor, " d_model"]:
-        """Layer ``layer``'s vector scaled to unit norm."""
-        vector = self.vectors[self.index(layer)]
+    def unit(self, layer: Layer) -> Float[Tensor, " d_model"]:
+        """The vector of ``layer`` (a block or a hook name) scaled to unit norm."""
+        vector = self.vectors[self.slot(layer)]
         return vector / vector.norm().clamp_min(1e-12)
 
     def save(self, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -140,7 +134,8 @@ def steering_vectors(
             ``"probe"`` (``probes``' weights in residual units; the probes must read the same layers as ``acts``).
         sign: which pivots count as pivotal: ``"positive"`` (``prob_delta > 0``, toward success; the default for
             mean differences), ``"negative"`` (away from it), or ``"any"`` (the probe's own classes: its only choice).
-        model, layers, embeddings: as given to the cache call, so the vectors know their hooks and base model.
+        model, layers, embeddings: as given to the cache call, so the vectors know their base model and the block
+            of each layer (``layers`` is used with or without ``model``).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -173,14 +168,11 @@ def _sides(examples: ProbeExamples, sign: str) -> tuple[Tensor, Tensor]:
 def _config(acts: Tensor, model: Any | None, layers: Sequence[int] | None, embeddings: bool, method: str, sign: str,
             n_pivotal: int, n_other: int) -> SteeringConfig:  # fmt: skip
     norms = acts.float().norm(dim=-1).mean(dim=1).tolist()
-    if model is None:
-        hook_names = Layout(list(range(acts.shape[0])), False).hook_names
-        return SteeringConfig(UNKNOWN_MODEL, acts.shape[2], acts.shape[0], hook_names, method, sign, n_pivotal, n_other, norms)
-    hook_names = Layout(resolve_layers(model, layers), embeddings).hook_names
-    if len(hook_names) != acts.shape[0] or model.cfg.d_model != acts.shape[2]:
-        raise ValueError(f"acts {tuple(acts.shape)} do not match {len(hook_names)} layers of d_model {model.cfg.d_model}")
-    return SteeringConfig(model.cfg.model_name, model.cfg.d_model, model.cfg.n_layers, hook_names, method, sign,
-                          n_pivotal, n_other, norms)  # fmt: skip
+    n_model_layers, hook_names = read_hooks(model, layers, embeddings, n_slots=acts.shape[0])
+    model_name, d_model = (UNKNOWN_MODEL, acts.shape[2]) if model is None else (model.cfg.model_name, model.cfg.d_model)
+    if d_model != acts.shape[2]:
+        raise ValueError(f"acts {tuple(acts.shape)} do not match {model_name}'s d_model {d_model}")
+    return SteeringConfig(model_name, d_model, n_model_layers, hook_names, method, sign, n_pivotal, n_other, norms)
 
 
 def _probe_vectors(probes: LayerProbes | None, config: SteeringConfig, sign: str) -> Tensor:
