@@ -40,3 +40,25 @@ def test_ids_pass_through_and_bad_input_names_the_argument(tiny_qwen3_model):
         token_ids(tiny_qwen3_model, torch.ones(2, 2, dtype=torch.long))
     with pytest.raises(TypeError, match="text must be a string or token ids, got dict"):
         token_ids(tiny_qwen3_model, {})
+
+
+@pytest.mark.parametrize("arch", ["llama", pytest.param("embedded", marks=pytest.mark.slow)])
+def test_every_entry_point_puts_a_string_on_the_same_tokens_as_the_hf_tokenizer(family_models, arch):
+    model, reference = family_models(arch)
+    generator = torch.Generator().manual_seed(0)
+    acts, labels = torch.randn(1, 32, model.cfg.d_model, generator=generator), torch.arange(32) % 2
+    probes = lp.train_probes(acts, labels, model=model, layers=[0], settings=lp.ProbeSettings(l2=1.0, n_bootstrap=0))
+    tokenizer = _checkpoint_tokenizer(reference)
+    plain, templated = "Sam has 3 apples.", f"{tokenizer.all_special_tokens[0]}Sam has 3 apples."
+    for text, expected in ((plain, tokenizer(plain)["input_ids"]),
+                           (templated, tokenizer(templated, add_special_tokens=False)["input_ids"])):
+        assert token_ids(model, text).tolist() == expected
+        assert probes.score_text(model, text).token_ids == expected
+        assert lp.attribute_tokens(model, text, target=None, method="input_x_gradient").token_ids == expected
+        assert lp.head_attributions(model, text, target=None).token_ids == expected
+
+
+def _checkpoint_tokenizer(reference):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(reference.name_or_path)
