@@ -26,14 +26,16 @@ def test_score_text_layers(probes, tiny_qwen3_model):
     best = probes.score_text(tiny_qwen3_model, TEXTS[0])
     every = probes.score_text(tiny_qwen3_model, TEXTS[0], layer="all")
     assert probes.layer_labels == ["emb", "0", "1", "2"]
-    assert best.layers == [probes.best_layer] and every.layers == [0, 1, 2, 3]
+    assert best.layers == [probes.best_layer] and every.layers == ["blocks.0.hook_resid_pre", 0, 1, 2]
     assert every.scores.shape == (4, len(best.tokens)) and "".join(best.tokens) == TEXTS[0]
-    assert torch.allclose(every.scores[probes.best_layer], best.scores[0], atol=1e-6)
-    assert torch.allclose(probes.score_text(tiny_qwen3_model, TEXTS[0], layer=[3, 0]).scores, every.scores[[3, 0]], atol=1e-6)
+    assert torch.allclose(every.scores[probes.slot(probes.best_layer)], best.scores[0], atol=1e-6)
+    chosen = probes.score_text(tiny_qwen3_model, TEXTS[0], layer=[2, "blocks.0.hook_resid_pre"])
+    assert torch.allclose(chosen.scores, every.scores[[3, 0]], atol=1e-6) and chosen.layers == [2, "blocks.0.hook_resid_pre"]
+    assert chosen.top(1, layer=2)[0][2] == pytest.approx(every.scores[3].max().item())
     assert best.top(2)[0][2] == pytest.approx(best.scores[0].max().item())
 
 
-@pytest.mark.parametrize("layer", [0, 1, 3])
+@pytest.mark.parametrize("layer", ["blocks.0.hook_resid_pre", 0, 2])
 def test_hook_gives_the_scores_of_score_text_on_a_batch(probes, tiny_qwen3_model, layer):
     ids = [tiny_qwen3_model.tokenizer(text, add_special_tokens=False)["input_ids"] for text in TEXTS]
     width = min(len(i) for i in ids)
@@ -49,14 +51,14 @@ def test_hook_gives_the_scores_of_score_text_on_a_batch(probes, tiny_qwen3_model
 def test_hook_composes_with_user_hooks_and_is_always_removed(probes, tiny_qwen3_model):
     seen = []
     ids = torch.tensor([tiny_qwen3_model.tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"]])
-    name = probes.config.hook_names[2]
+    name = "blocks.1.hook_resid_post"
     ablate_block_0 = ("blocks.0.hook_resid_post", lambda resid, hook: torch.zeros_like(resid))
     with tiny_qwen3_model.hooks(fwd_hooks=[(name, lambda resid, hook: seen.append(tuple(resid.shape))), ablate_block_0]):
-        with pytest.raises(KeyError), probes.recording(tiny_qwen3_model, 2) as recorder:
+        with pytest.raises(KeyError), probes.recording(tiny_qwen3_model, 1) as recorder:
             tiny_qwen3_model(ids)
             raise KeyError("user code fails inside the block")
     assert seen == [tuple(ids.shape) + (64,)] and len(recorder.scores) == 1
-    plain = probes.score_text(tiny_qwen3_model, ids[0].tolist(), layer=2).scores[0]
+    plain = probes.score_text(tiny_qwen3_model, ids[0].tolist(), layer=1).scores[0]
     assert not torch.allclose(recorder.scores[0][0], plain), "the user's ablation upstream reached our scores"
     tiny_qwen3_model(ids)
     assert len(recorder.scores) == 1, "the recorder was detached after the with block"
@@ -83,9 +85,9 @@ def test_generate_with_scores_generates_what_an_uncached_hf_loop_does(probes, ti
 
 
 def test_scoring_errors(probes, tiny_qwen3_model):
-    with pytest.raises(IndexError, match="out of range: these probes cover 4 layers"):
+    with pytest.raises(IndexError, match="block 9 is out of range: the model has 3 blocks"):
         probes.score_text(tiny_qwen3_model, TEXTS[0], layer=9)
-    with pytest.raises(ValueError, match="'all' or None"):
+    with pytest.raises(ValueError, match="best is not among the layers these probes read"):
         probes.score_text(tiny_qwen3_model, TEXTS[0], layer="best")
     with pytest.raises(ValueError, match="no tokens"):
         probes.score_text(tiny_qwen3_model, "")
