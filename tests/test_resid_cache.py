@@ -184,15 +184,12 @@ def test_store_matches_memory_and_reopens_without_computing(qwen3, tmp_path, mon
     assert isinstance(store, ResidStore) and store.complete and len(store) == 7
     # shards batch texts differently, which moves float32 sums by rounding only
     torch.testing.assert_close(store.load(), in_memory, atol=1e-5, rtol=0)
-    torch.testing.assert_close(store.layer(2), store.load()[2], atol=0, rtol=0)
+    torch.testing.assert_close(store.layer(2), store.load()[3], atol=0, rtol=0)  # slot 0 holds the embeddings
     assert store.text_index.tolist() == [0, 0, 1, 2, 2, 2, 3]
     assert store.positions[-1].item() == 0
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert manifest["hook_names"][0] == "blocks.0.hook_resid_pre" and manifest["n_rows"] == 7
     assert manifest["model_name"] == qwen3.cfg.model_name and manifest["dtype"] == "float32"
-
-    def no_compute(*args, **kwargs):
-        raise AssertionError("a finished store must not be recomputed")
 
     monkeypatch.setattr(cache_module._BatchRunner, "batch", no_compute)
     reopened = lp.cache_resid_post(qwen3, TEXTS, POSITIONS, embeddings=True, out=tmp_path / "s", shard_texts=3, progress=False)
@@ -233,6 +230,91 @@ def test_store_refuses_other_inputs(qwen3, tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not empty"):
         lp.cache_resid_post(qwen3, TEXTS, POSITIONS, out=tmp_path / "other", progress=False)
+
+
+def no_compute(*args, **kwargs):
+    raise AssertionError("a finished store must not be recomputed")
+
+
+def scale_mlp_out_weight(model, block: int, factor: float) -> None:
+    """Multiply a plain HF model's (or a bridge's wrapped HF model's) ``down_proj`` of one block in place."""
+    hf_model = getattr(model, "original_model", model)
+    with torch.no_grad():
+        hf_model.model.layers[block].mlp.down_proj.weight.mul_(factor)
+
+
+def test_a_store_of_weights_changed_in_place_is_refused_and_overwrite_recomputes_it(qwen3, tmp_path, monkeypatch):
+    model = lp.load_model(tiny_qwen_dir("qwen3"), device="cpu")
+    reference = AutoModelForCausalLM.from_pretrained(tiny_qwen_dir("qwen3"), dtype=torch.float32).eval()
+    settings = {"layers": [1, 0], "embeddings": True, "out": tmp_path / "s", "progress": False}
+    before = lp.cache_resid_post(qwen3, TEXTS, POSITIONS, **settings).load()
+    with monkeypatch.context() as patched:
+        patched.setattr(cache_module._BatchRunner, "batch", no_compute)
+        lp.cache_resid_post(model, TEXTS, POSITIONS, **settings)  # a fresh load of the same weights reopens it
+    scale_mlp_out_weight(model, 0, 1.5)
+    scale_mlp_out_weight(reference, 0, 1.5)
+    with pytest.raises(StoreMismatchError, match="other inputs .weights fingerprint: stored [0-9a-f]{12}…, now [0-9a-f]{12}….: pass a new directory, or overwrite=True"):
+        lp.cache_resid_post(model, TEXTS, POSITIONS, **settings)
+    store = lp.cache_resid_post(model, TEXTS, POSITIONS, **settings, overwrite=True)
+    hf = expected_rows(model, reference, TEXTS, POSITIONS)  # hidden_states[l + 1] is block l's output
+    assert_rows_close(store.load(), hf[[0, 2, 1]])
+    assert not torch.allclose(store.layer(0), before[2], atol=1e-3), "the edit must move block 0's output"
+    monkeypatch.setattr(cache_module._BatchRunner, "batch", no_compute)
+    assert lp.cache_resid_post(model, TEXTS, POSITIONS, **settings).complete  # the edited weights reopen it
+
+
+def test_store_layer_is_by_block_number_or_hook_name_whatever_the_slot_order(qwen3, tmp_path):
+    reference = AutoModelForCausalLM.from_pretrained(tiny_qwen_dir("qwen3"), dtype=torch.float32).eval()
+    store = lp.cache_resid_post(qwen3, TEXTS, POSITIONS, layers=[1, 0], embeddings=True, out=tmp_path / "s", progress=False)
+    hf = expected_rows(qwen3, reference, TEXTS, POSITIONS)
+    assert_rows_close(store.layer(0)[None], hf[[1]])
+    assert_rows_close(store.layer(1)[None], hf[[2]])
+    assert_rows_close(store.layer("blocks.0.hook_resid_pre")[None], hf[[0]])
+    with pytest.raises(KeyError, match=r"holds no blocks.2.hook_resid_post: it holds blocks \[1, 0\] and blocks.0.hook_resid_pre"):
+        store.layer(2)
+
+
+def test_a_hook_attached_to_the_model_changes_the_key(qwen3, tmp_path):
+    lp.cache_resid_post(qwen3, TEXTS, POSITIONS, layers=[1], out=tmp_path / "s", progress=False)
+
+    def ablate(resid, hook):
+        return torch.zeros_like(resid)
+
+    with qwen3.hooks(fwd_hooks=[("blocks.0.hook_resid_post", ablate)]):
+        with pytest.raises(StoreMismatchError, match=r'hooks attached: stored \[\], now \[.*"blocks.0.hook_resid_post"'):
+            lp.cache_resid_post(qwen3, TEXTS, POSITIONS, layers=[1], out=tmp_path / "s", progress=False)
+    qwen3.add_hook("blocks.1.hook_mlp_out", ablate)
+    try:
+        with pytest.raises(StoreMismatchError, match=r'hooks attached: stored \[\], now \[.*"blocks.1.hook_mlp_out"'):
+            lp.cache_resid_post(qwen3, TEXTS, POSITIONS, layers=[1], out=tmp_path / "s", progress=False)
+    finally:
+        qwen3.reset_hooks()
+    assert lp.cache_resid_post(qwen3, TEXTS, POSITIONS, layers=[1], out=tmp_path / "s", progress=False).complete
+
+
+def test_compatibility_mode_on_and_off_are_different_stores(qwen3, tmp_path):
+    lp.cache_resid_post(qwen3, TEXTS, POSITIONS, out=tmp_path / "s", progress=False)
+    plain = lp.load_model(tiny_qwen_dir("qwen3"), device="cpu", compat=False)
+    with pytest.raises(StoreMismatchError, match="compatibility mode: stored true, now false"):
+        lp.cache_resid_post(plain, TEXTS, POSITIONS, out=tmp_path / "s", progress=False)
+
+
+def test_other_library_versions_are_refused_by_name(qwen3, tmp_path, monkeypatch):
+    lp.cache_resid_post(qwen3, TEXTS, POSITIONS, layers=[0], out=tmp_path / "s", progress=False)
+    installed = cache_module._version
+    monkeypatch.setattr(cache_module, "_version", lambda name: "99.0" if name == "transformers" else installed(name))
+    with pytest.raises(StoreMismatchError, match=r"\(versions transformers: stored [^,]+, now 99.0\)"):
+        lp.cache_resid_post(qwen3, TEXTS, POSITIONS, layers=[0], out=tmp_path / "s", progress=False)
+
+
+def test_the_manifest_records_each_key_component(qwen3, tmp_path):
+    lp.cache_resid_post(qwen3, TEXTS, POSITIONS, layers=[2, 0], dtype=torch.float16, out=tmp_path / "s", progress=False)
+    key = json.loads((tmp_path / "s" / "manifest.json").read_text())["key"]
+    assert key["model_name"] == qwen3.cfg.model_name and len(key["weights_fingerprint"]) == 64
+    assert key["compatibility_mode"] is True and key["hooks_attached"] == []
+    assert key["parameter_dtypes"] == ["float32"] and key["activation_dtype"] == "float16"
+    assert key["hooks_read"] == ["blocks.2.hook_resid_post", "blocks.0.hook_resid_post"]
+    assert key["versions"]["torch"] == torch.__version__ and set(key["versions"]) == set(cache_module.KEYED_LIBRARIES)
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     layers = parse_ints(args.layers, "--layers") if args.layers else None
     store = cache_resid_post(
         model, texts, positions, layers=layers, embeddings=args.embeddings, batch_size=args.batch_size,
-        dtype=resolve_dtype(args.store_dtype), out=args.out, shard_texts=args.shard_texts,
+        dtype=resolve_dtype(args.store_dtype), out=args.out, shard_texts=args.shard_texts, overwrite=args.overwrite,
     )
     print(store)
     return 0
@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(cache, EMBEDDED)
     cache.add_argument("input", help="a .txt file (one text per line) or .jsonl file (one object per line)")
     cache.add_argument("--out", required=True, help="store directory; rerunning resumes an interrupted store")
+    cache.add_argument("--overwrite", action="store_true",
+                       help="discard a store in --out made from other weights, hooks or inputs (default: refuse)")
     cache.add_argument("--positions", default="-1", help="positions for texts without their own (default: -1)")
     cache.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
     cache.add_argument("--positions-field", default="positions", help="JSONL field holding positions (default: positions)")

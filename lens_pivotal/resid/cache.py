@@ -14,7 +14,8 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence, Union
+from importlib import metadata
+from typing import Any, Callable, Iterator, Sequence, Union
 
 import torch
 from jaxtyping import Float, Int
@@ -25,6 +26,7 @@ from transformers import DynamicCache
 
 from lens_pivotal.distributed import barrier, on_rank_zero, world
 from lens_pivotal.distributed import shard as distributed_shard
+from lens_pivotal.fingerprint import weights_fingerprint
 from lens_pivotal.indices import resolve_index
 from lens_pivotal.kv_cache import repeated_cache
 from lens_pivotal.model import EMBEDDING_HOOK, StopForward, resid_post_hook
@@ -35,6 +37,7 @@ from lens_pivotal.tokens import Tokenization, token_ids
 TextInput = Union[str, Tensor, Sequence[int]]
 PositionInput = Union[int, Sequence[int]]
 MIN_SHARED_PREFIX = 32  # tokens: shorter common prefixes are not worth a separate prefix pass
+KEYED_LIBRARIES = ("lens-pivotal", "transformer-lens", "transformers", "torch")  # their versions change numerics
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ def cache_resid_post(
     dtype: torch.dtype = torch.float32,
     padding_side: str = "right",
     out: str | os.PathLike | None = None,
+    overwrite: bool = False,
     shard_texts: int = 512,
     fast_path: bool = True,
     share_prefixes: bool = False,
@@ -98,11 +102,22 @@ def cache_resid_post(
         dtype: dtype of the returned activations.
         padding_side: ``"right"`` or ``"left"``; results are the same either way.
         out: a directory for an on-disk store (safetensors shards + ``manifest.json``). A rerun with the
-            same inputs resumes an interrupted store, and a finished one is reopened without computing. Under
-            an initialised ``torch.distributed`` process group, call this on every rank with the same arguments:
-            shards are dealt out round-robin, each rank writes its own, rank 0 lists them all in the manifest
-            once every rank is done, and every rank returns the same store, equal to a one-process run. A rerun
-            with any number of processes resumes. (Without ``out`` every rank computes every text.)
+            same inputs resumes an interrupted store, and a finished one is reopened without computing. "The same
+            inputs" is the manifest's ``key``, checked component by component: the model name; a fingerprint of its
+            weights (:func:`lens_pivotal.fingerprint.weights_fingerprint`: every tensor's name, shape, dtype and
+            a strided sample of its values, so a fine-tune saved at the same path, or an in-place edit, is caught);
+            whether compatibility mode is on; the parameters' dtypes and ``dtype``; the hook points that have
+            forward hooks attached when this is called (their names, not the functions); the hooks read
+            (``layers``, ``embeddings``); a hash of the tokens and positions; and the versions of lens-pivotal,
+            transformer-lens, transformers and torch. If any differs,
+            :class:`~lens_pivotal.resid.store.StoreMismatchError` names the components that differ, and nothing
+            is computed; a store written before the key existed is refused the same way. Under an initialised
+            ``torch.distributed`` process group, call this on every rank with the same arguments: shards are dealt
+            out round-robin, each rank writes its own, rank 0 lists them all in the manifest once every rank is
+            done, and every rank returns the same store, equal to a one-process run. A rerun with any number of
+            processes resumes. (Without ``out`` every rank computes every text.)
+        overwrite: discard the store already at ``out`` (its manifest, shards and scratch files, and only if
+            ``out`` holds a store manifest: any other non-empty directory is refused) and compute it afresh.
         shard_texts: texts per shard when writing to ``out``; peak memory is bounded by one shard.
         fast_path: run hook-free attention (as SDPA), MLPs and norms through the HF modules the bridge
             wraps (see :mod:`lens_pivotal.resid.fastpath`); ``False`` keeps the bridge's own eager path.
@@ -129,19 +144,30 @@ def cache_resid_post(
     if out is None:
         with kernels, _progress_bar(len(rows.tokens), progress) as bar:
             return run.chunk(rows, range(len(rows.tokens)), batch_size, bar.update)
+    manifest = _manifest(model, layout, dtype, rows)
     with kernels:
-        return _write_store(run, rows, batch_size, progress, out, _manifest(model, layout, dtype, rows), shard_texts)
+        return _write_store(run, rows, batch_size, progress, out, manifest, shard_texts, overwrite)
 
 
 def _write_store(
-    run: _BatchRunner, rows: Rows, batch_size: int, progress: bool, out: str | os.PathLike, manifest: dict, shard_texts: int
+    run: _BatchRunner,
+    rows: Rows,
+    batch_size: int,
+    progress: bool,
+    out: str | os.PathLike,
+    manifest: dict,
+    shard_texts: int,
+    overwrite: bool,
 ) -> ResidStore:
     """Compute this rank's missing shards into the store (all shards without a process group), then finish it."""
 
-    def open_writer() -> StoreWriter:
-        return StoreWriter.open_or_create(out, manifest=manifest, n_texts=len(rows.tokens), shard_texts=shard_texts)
+    def open_writer(overwrite: bool) -> StoreWriter:
+        return StoreWriter.open_or_create(
+            out, manifest=manifest, n_texts=len(rows.tokens), shard_texts=shard_texts, overwrite=overwrite
+        )
 
-    writer = on_rank_zero(open_writer) or open_writer()  # rank 0 creates the store before any other rank opens it
+    # rank 0 creates (or replaces) the store before any other rank opens it; they must not discard it again
+    writer = on_rank_zero(lambda: open_writer(overwrite)) or open_writer(False)
     mine = distributed_shard(list(enumerate(writer.ranges())))
     single = world()[1] == 1
     done = sum(len(texts) for shard, texts in mine if writer.is_written(shard))
@@ -218,13 +244,8 @@ def _row_labels(rows: Rows, text_range: range) -> tuple[Tensor, Tensor]:
     return torch.tensor(text_index, dtype=torch.long), torch.tensor(positions, dtype=torch.long)
 
 
-def _manifest(model: TransformerBridge, layout: Layout, dtype: torch.dtype, rows: Rows) -> dict:
-    digest = hashlib.sha256()
-    header = [model.cfg.model_name, layout.hook_names, str(dtype)]
-    digest.update(json.dumps(header).encode())
-    for ids, kept in zip(rows.tokens, rows.positions):
-        digest.update(ids.numpy().tobytes())
-        digest.update(json.dumps(kept).encode())
+def _manifest(model: TransformerBridge, layout: Layout, dtype: torch.dtype, rows: Rows) -> dict[str, Any]:
+    """A new store's manifest: what it holds, and the ``key`` a rerun must match to reopen it."""
     return {
         "model_name": model.cfg.model_name,
         "d_model": model.cfg.d_model,
@@ -232,11 +253,51 @@ def _manifest(model: TransformerBridge, layout: Layout, dtype: torch.dtype, rows
         "layers": layout.layers,
         "embeddings": layout.embeddings,
         "hook_names": layout.hook_names,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": _dtype_name(dtype),
         "n_texts": len(rows.tokens),
         "n_rows": rows.offsets[-1],
-        "input_hash": digest.hexdigest(),
+        "key": _store_key(model, layout, dtype, rows),
     }
+
+
+def _store_key(model: TransformerBridge, layout: Layout, dtype: torch.dtype, rows: Rows) -> dict[str, Any]:
+    """Everything the stored rows depend on, one named component each (the names appear in mismatch errors)."""
+    return {
+        "model_name": model.cfg.model_name,
+        "weights_fingerprint": weights_fingerprint(model),
+        "compatibility_mode": bool(model.compatibility_mode),
+        "parameter_dtypes": sorted({_dtype_name(parameter.dtype) for parameter in model.parameters()}),
+        "activation_dtype": _dtype_name(dtype),
+        "hooks_attached": _hooked_points(model),
+        "hooks_read": layout.hook_names,
+        "tokens_and_positions": _inputs_hash(rows),
+        "versions": {name: _version(name) for name in KEYED_LIBRARIES},
+    }
+
+
+def _hooked_points(model: TransformerBridge) -> list[str]:
+    """Every name (aliases too) of the hook points with forward hooks attached: a user's hook can change every later
+    block's output."""
+    return sorted(name for name, point in model.hook_dict.items() if point._forward_hooks or point._forward_pre_hooks)
+
+
+def _inputs_hash(rows: Rows) -> str:
+    digest = hashlib.sha256()
+    for ids, kept in zip(rows.tokens, rows.positions):
+        digest.update(ids.numpy().tobytes())
+        digest.update(json.dumps(kept).encode())
+    return digest.hexdigest()
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:  # e.g. lens_pivotal imported from a source tree it was never installed from
+        return "not installed"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 @dataclass

@@ -6,10 +6,15 @@ there whole or not at all), then the manifest is rewritten the same way, so an i
 the shards in flight and a rerun computes only the shards whose files are missing: no row is lost or written
 twice. Several processes can write one store (one shard each at a time, see
 :func:`lens_pivotal.cache_resid_post` under ``torchrun``); the manifest lists them all once finished.
+
+The manifest's ``key`` records everything the rows depend on, one named component each (the model's weights
+fingerprint, the texts' tokens, ...); a writer reopens a store only when every component matches, and its error
+names those that differ. ``input_hash``, the hash of the key, is stamped on every shard too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -22,9 +27,12 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from lens_pivotal._io import atomic_file, atomic_write_text
+from lens_pivotal.model import block_of, resid_post_hook
 
 FORMAT = "lens_pivotal.resid_store/1"
 MANIFEST = "manifest.json"
+STORE_FILE_PATTERNS = ("shard-*.safetensors", ".shard-*", f".{MANIFEST}.*")  # shards and unfinished scratch files
+REFUSAL_ADVICE = "pass a new directory, or overwrite=True to discard this store and compute it afresh"
 
 
 class StoreMismatchError(ValueError):
@@ -62,16 +70,43 @@ class ResidStore:
         return sum(shard["rows"] for shard in self.manifest["shards"])
 
     def load(self, slots: Sequence[int] | None = None) -> Float[Tensor, "n_layers n_rows d_model"]:
-        """All rows as one tensor; ``slots`` picks entries of the first axis (indices into ``hook_names``)."""
+        """All rows as one tensor, its first axis in ``hook_names`` order; ``slots`` picks entries of that axis by
+        position (indices into ``hook_names``, not block numbers: see :meth:`slot_of`)."""
         wanted = list(range(len(self.hook_names))) if slots is None else list(slots)
         parts = [self._read(shard, "resid", wanted) for shard in self.manifest["shards"]]
         if not parts:
             return torch.empty(len(wanted), 0, self.manifest["d_model"])
         return torch.cat(parts, dim=1)
 
-    def layer(self, slot: int) -> Float[Tensor, "n_rows d_model"]:
-        """The rows of one slot of the first axis, reading only that slice of each shard."""
-        return self.load([slot])[0]
+    def layer(self, layer: int | str) -> Float[Tensor, "n_rows d_model"]:
+        """The rows of block ``layer``'s output (``blocks.{layer}.hook_resid_post``, negatives counting from the
+        model's last block), or of the hook named (``"blocks.0.hook_resid_pre"``: the embeddings), reading only that
+        slice of each shard."""
+        return self.load([self.slot_of(layer)])[0]
+
+    def slot_of(self, layer: int | str) -> int:
+        """The entry of :meth:`load`'s first axis holding block ``layer`` (or the hook named).
+
+        Raises:
+            KeyError: the store does not hold that block or hook (the message lists those it holds).
+        """
+        name = self._hook_name(layer)
+        if name not in self.hook_names:
+            raise KeyError(f"{self.directory} holds no {name}: it holds {self._held()}")
+        return self.hook_names.index(name)
+
+    def _hook_name(self, layer: int | str) -> str:
+        if isinstance(layer, str):
+            return layer
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"layer must be a block number or a hook name, got {type(layer).__name__}")
+        n_layers = self.manifest.get("n_model_layers")  # absent only from hand-made manifests
+        return resid_post_hook(layer + n_layers if layer < 0 and n_layers else layer)
+
+    def _held(self) -> str:
+        blocks = [block for block in map(block_of, self.hook_names) if block is not None]
+        others = [name for name in self.hook_names if block_of(name) is None]
+        return " and ".join([*([f"blocks {blocks}"] if blocks else []), *others])
 
     @property
     def text_index(self) -> Int[Tensor, " n_rows"]:
@@ -118,25 +153,40 @@ class StoreWriter:
 
     @classmethod
     def open_or_create(
-        cls, directory: str | os.PathLike, *, manifest: dict[str, Any], n_texts: int, shard_texts: int
+        cls,
+        directory: str | os.PathLike,
+        *,
+        manifest: dict[str, Any],
+        n_texts: int,
+        shard_texts: int,
+        overwrite: bool = False,
     ) -> "StoreWriter":
-        """Resume the store at ``directory`` if it was made from the same inputs, else start a new one."""
+        """Resume the store at ``directory`` if its ``key`` equals ``manifest["key"]``, else start a new one.
+
+        ``manifest`` holds the fields of a new store's manifest, ``key`` (a dict of named components) among them.
+        With ``overwrite``, a store already there is discarded first (its manifest, shards and scratch files:
+        nothing else in ``directory`` is touched).
+
+        Raises:
+            StoreMismatchError: ``directory`` holds a store of another key (the message names the components
+                that differ), or one written before stores had a key.
+            FileExistsError: ``directory`` is not empty and holds no store.
+        """
         if shard_texts < 1:
             raise ValueError(f"shard_texts must be at least 1, got {shard_texts}")
         directory = Path(directory)
         existing = directory / MANIFEST
         if existing.is_file():
             previous = json.loads(existing.read_text())
-            if previous.get("input_hash") != manifest["input_hash"]:
-                raise StoreMismatchError(
-                    f"{directory} already holds a store made from other inputs (model, texts, positions, layers "
-                    "or dtype differ); choose a new directory or delete it"
-                )
-            return cls(directory, previous)
-        if directory.exists() and any(directory.iterdir()):
+            if not overwrite:
+                _check_same_key(directory, previous, manifest["key"])
+                return cls(directory, previous)
+            _discard_store(directory, previous)
+        elif directory.exists() and any(directory.iterdir()):
             raise FileExistsError(f"{directory} exists, is not empty and holds no {MANIFEST}; choose a new directory")
         directory.mkdir(parents=True, exist_ok=True)
-        writer = cls(directory, {"format": FORMAT, **manifest, "shard_texts": shard_texts, "shards": [], "complete": False})
+        fields = {"format": FORMAT, **manifest, "input_hash": _key_hash(manifest["key"])}
+        writer = cls(directory, {**fields, "shard_texts": shard_texts, "shards": [], "complete": False})
         writer._save_manifest()
         return writer
 
@@ -192,6 +242,51 @@ class StoreWriter:
 
     def _save_manifest(self) -> None:
         atomic_write_text(self.directory / MANIFEST, json.dumps(self.manifest, indent=1))
+
+
+def _key_hash(key: dict[str, Any]) -> str:
+    """sha256 (hex) of a store key's canonical JSON: the ``input_hash`` of the manifest and of every shard."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _check_same_key(directory: Path, previous: dict[str, Any], key: dict[str, Any]) -> None:
+    if "key" not in previous:
+        raise StoreMismatchError(
+            f"{directory} holds a store written before stores recorded the model's weights (its {MANIFEST} has no "
+            f"'key'), so its rows may come from other weights: {REFUSAL_ADVICE}"
+        )
+    stored = previous["key"]
+    names = [name for name in {**stored, **key} if stored.get(name) != key.get(name)]
+    if names:
+        differences = "; ".join(_difference(name, stored.get(name), key.get(name)) for name in names)
+        raise StoreMismatchError(f"{directory} holds a store made from other inputs ({differences}): {REFUSAL_ADVICE}")
+
+
+def _difference(name: str, stored: Any, now: Any) -> str:
+    """``"weights fingerprint: stored 3ec319769c7b…, now aa5f06ebc791…"``; for dicts, only the entries that differ."""
+    label = name.replace("_", " ")
+    if isinstance(stored, dict) and isinstance(now, dict):
+        changed = [entry for entry in {**stored, **now} if stored.get(entry) != now.get(entry)]
+        return "; ".join(_difference(f"{name} {entry}", stored.get(entry), now.get(entry)) for entry in changed)
+    return f"{label}: stored {_shown(stored)}, now {_shown(now)}"
+
+
+def _shown(value: Any) -> str:
+    if not isinstance(value, str):
+        return json.dumps(value)
+    return f"{value[:12]}…" if len(value) == 64 else value  # a sha256 hex digest: its start is enough to tell
+
+
+def _discard_store(directory: Path, previous: dict[str, Any]) -> None:
+    """Delete the store's own files, its manifest last (so a failure part-way leaves a manifest to discard again)."""
+    if previous.get("format") != FORMAT:
+        raise StoreMismatchError(
+            f"{directory / MANIFEST} is not an activation store manifest: refusing to overwrite {directory}"
+        )
+    for pattern in STORE_FILE_PATTERNS:
+        for path in directory.glob(pattern):
+            path.unlink()
+    (directory / MANIFEST).unlink()
 
 
 def _shard_file(shard: int) -> str:
