@@ -33,7 +33,7 @@ def test_attribute_a_probe_and_the_pivot_page(model_dir, tmp_path, capsys, tiny_
     probes_dir = random_probes(tiny_qwen3_model).save(tmp_path / "probes")
     assert run(["attribute", "Sam has 12 apples", "--probes", str(probes_dir), "--layer", "1", "--model", model_dir,
                 "--device", "cpu", "--method", "occlusion", "--out", str(tmp_path / "probe.html")]) == 0
-    assert "probe logit, layer 1" in capsys.readouterr().out
+    assert "probe logit, block 1" in capsys.readouterr().out
     data = tmp_path / "rows.jsonl"
     with data.open("w") as handle:
         write_rows(synthetic_rows, handle)

@@ -20,9 +20,9 @@ def test_each_row_is_explained_at_the_position_before_its_pivot(tiny_qwen3_model
         row, probe, pivot = explanation.row, explanation.probe, explanation.pivot
         assert probe.token_ids == pivot.token_ids and probe.position == len(probe.token_ids) - 1
         assert tokenizer.decode(probe.token_ids).endswith(row.pivot_context[-20:])
-        assert pivot.target_label == f"log P({row.pivot_token!r})" and probe.target_label == "probe logit, layer 2"
+        assert pivot.target_label == f"log P({row.pivot_token!r})" and probe.target_label == "probe logit, block 2"
     page = pivots_view(explanations).save(tmp_path / "pivots.html").read_text(encoding="utf-8")
-    assert page.count("prob_delta") == 2 and "probe: probe logit, layer 2" in page
+    assert page.count("prob_delta") == 2 and "probe: probe logit, block 2" in page
 
 
 def test_bad_n_and_unmappable_rows_are_named(tiny_qwen3_model, synthetic_rows):
