@@ -105,3 +105,16 @@ def test_recorder_and_token_errors(probes, tiny_qwen3_model):
         probes.hook(1).concatenated()
     with pytest.raises(TypeError, match="text must be a string or token ids, got float"):
         probes.score_text(tiny_qwen3_model, 3.5)
+
+
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_generated_scores_are_the_probe_on_the_hf_states_with_or_without_the_kv_cache(probes, tiny_qwen3_model, family_models, kv_cache):
+    _, reference = family_models("qwen3")
+    generated = generate_with_scores(tiny_qwen3_model, probes, TEXTS[0], max_new_tokens=5, do_sample=False, layer=1,
+                                     use_past_kv_cache=kv_cache)
+    ids = torch.tensor([generated.prompt_ids + generated.token_ids])
+    with torch.no_grad():
+        state = reference(ids, output_hidden_states=True).hidden_states[2][0]  # block 1, written out in plain HF
+    direction, offset = probes.residual_direction(1)
+    by_hand = torch.sigmoid(state @ direction + offset)[len(generated.prompt_ids) - 1 : -1]
+    torch.testing.assert_close(generated.scores, by_hand, atol=1e-4, rtol=1e-4)

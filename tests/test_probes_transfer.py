@@ -62,3 +62,25 @@ def test_a_cross_family_cell_equals_sklearn_trained_on_the_other_family(tiny_qwe
 def test_one_dataset_is_not_a_matrix(tiny_qwen3_model, families):
     with pytest.raises(ValueError, match="at least 2 datasets"):
         transfer_matrix(tiny_qwen3_model, {"first": families["first"]})
+
+
+def test_families_that_share_problem_names_never_trade_rows(tiny_qwen3_model, qwen3_tok):
+    first, clash = synthetic_pts_rows(qwen3_tok, n_problems=10), synthetic_pts_rows(qwen3_tok, n_problems=14)
+    results = transfer_matrix(tiny_qwen3_model, {"first": first, "clash": clash}, settings=SETTINGS)
+    cell = next(result for result in results if (result.train, result.evaluate) == ("first", "clash"))
+    layer = int(cell.layer)
+    split = {}
+    for name, rows in (("first", first), ("clash", clash)):
+        examples = probe_examples(tiny_qwen3_model, rows)
+        acts = examples.cache(tiny_qwen3_model, progress=False)[layer].numpy()
+        train, heldout = group_split(examples.groups, test_fraction=SETTINGS.val_fraction, seed=SETTINGS.seed)
+        split[name] = (acts, np.array(examples.labels), train, heldout, np.array(examples.groups))
+    acts, labels, train, _, groups = split["first"]
+    assert cell.n_train_problems == len(set(groups[train]))
+    reference = LogisticRegression(C=1 / (L2 * len(train)), tol=1e-10, max_iter=10_000).fit(acts[train], labels[train])
+    acts, labels, _, heldout, groups = split["clash"]
+    assert cell.n_eval_problems == len(set(groups[heldout]))
+    expected = roc_auc_score(labels[heldout], reference.decision_function(acts[heldout]))
+    assert cell.auroc == pytest.approx(expected, abs=2e-3)
+    with pytest.raises(ValueError, match="'all' names the union"):
+        transfer_matrix(tiny_qwen3_model, {"first": first, "all": clash})

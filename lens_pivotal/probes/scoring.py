@@ -15,6 +15,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from lens_pivotal.model import EMBEDDING_HOOK, Layer, block_of
+from lens_pivotal.positions import SequencePositions
 from lens_pivotal.probes.views import token_scores_view
 from lens_pivotal.resid.cache import Layout, cache_resid_post
 from lens_pivotal.tokens import token_ids
@@ -82,8 +83,9 @@ class ProbeRecorder:
 
     Use it like any hook: ``model.hooks(fwd_hooks=[recorder.fwd_hook])``, ``run_with_hooks``, or
     :meth:`LayerProbes.recording`. It never changes the activation, so it composes with other hooks. Each forward
-    pass appends ``[batch, pos]`` probabilities to :attr:`scores`; during KV-cached ``generate`` the prompt pass is
-    followed by one-position steps, which :meth:`concatenated` joins along positions. ``on_score``, if given, is
+    pass appends ``[batch, pos]`` probabilities to :attr:`scores`; :meth:`concatenated` places them at their absolute
+    positions, whether ``generate`` continues from the KV cache (one-position passes) or recomputes the sequence
+    (:class:`~lens_pivotal.positions.SequencePositions`). ``on_score``, if given, is
     called after each pass with the last position's scores ``[batch]``: during ``generate``, the probe's belief that
     the token about to be sampled is pivotal, before it is sampled.
     """
@@ -96,6 +98,8 @@ class ProbeRecorder:
         self.layer_label = probes.layer_labels[slot]
         self.on_score = on_score
         self.scores: list[Tensor] = []
+        self._by_position: Tensor | None = None
+        self._sequence = SequencePositions()
 
     @property
     def fwd_hook(self) -> tuple[str, ProbeRecorder]:
@@ -107,18 +111,23 @@ class ProbeRecorder:
             batch, positions, d_model = resid.shape
             scores = self.probes.proba_at([self.hook_name], resid.reshape(1, batch * positions, d_model))
             self.scores.append(scores.view(batch, positions).cpu())
+            start = self._sequence.advance(resid)
+            earlier = self._by_position[:, :start] if start else self.scores[-1][:, :0]
+            self._by_position = torch.cat([earlier, self.scores[-1]], dim=1)
         if self.on_score is not None:
             self.on_score(self.scores[-1][:, -1])
 
     def concatenated(self) -> Float[Tensor, "batch total_pos"]:
-        """Every recorded pass joined along positions (prompt pass, then each decode step)."""
-        if not self.scores:
+        """The current sequence's score at every position seen so far (the latest pass' where passes overlap)."""
+        if self._by_position is None:
             raise RuntimeError(f"nothing recorded yet: no forward pass went through {self.hook_name}")
-        return torch.cat(self.scores, dim=1)
+        return self._by_position
 
     def reset(self) -> None:
         """Forget what was recorded."""
         self.scores.clear()
+        self._by_position = None
+        self._sequence.reset()
 
 
 @contextlib.contextmanager

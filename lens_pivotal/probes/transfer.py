@@ -75,10 +75,13 @@ def transfer_matrix(
     and score each on every family's held-out problems and on all of them together.
 
     Each family is split into training and held-out problems once (``settings.val_fraction``, ``settings.seed``), so
-    in-family cells equal :func:`~lens_pivotal.probes.train_probes` on that family alone.
+    in-family cells equal :func:`~lens_pivotal.probes.train_probes` on that family alone. Problems are named
+    ``"{family}/{group}"``, so two families that share problem names never trade rows between training and held-out.
     """
     if len(datasets) < 2:
         raise ValueError(f"transfer needs at least 2 datasets, got {len(datasets)}")
+    if ALL_FAMILIES in datasets:
+        raise ValueError(f"{ALL_FAMILIES!r} names the union of the families: give that dataset another name")
     settings = settings or ProbeSettings()
     families = {}
     for name, rows in datasets.items():
@@ -86,8 +89,8 @@ def transfer_matrix(
         acts = examples.cache(model, layers=layers, batch_size=batch_size, progress=False)
         baselines = examples.baselines(model, final_resid=last_block_rows(model, acts, layers), batch_size=batch_size)
         _, heldout = group_split(examples.groups, test_fraction=settings.val_fraction, seed=settings.seed)
-        families[name] = _Family(acts, examples.label_tensor, examples.groups, baselines,
-                                 {examples.groups[index] for index in heldout})
+        groups = [f"{name}/{group}" for group in examples.groups]
+        families[name] = _Family(acts, examples.label_tensor, groups, baselines, {groups[index] for index in heldout})
     members = {**{name: [name] for name in families}, ALL_FAMILIES: list(families)}
     cells = [(train, evaluate) for train in members for evaluate in members]
     results = []

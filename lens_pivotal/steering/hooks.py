@@ -15,6 +15,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from lens_pivotal.model import Layer, resid_post_hook
+from lens_pivotal.positions import SequencePositions
 from lens_pivotal.probes.layer_probes import LayerProbes
 from lens_pivotal.steering.vectors import SteeringVectors
 
@@ -24,9 +25,10 @@ Positions = Literal["all", "generated"] | Sequence[int]
 class SteeringHook:
     """A hook function ``(resid, hook) -> resid + mask * addition`` for one ``hook_name``.
 
-    ``positions``: ``"all"``; ``"generated"``, the position that predicts each new token (the last position of every
-    forward pass: the prompt's last token, then each KV-cached decode step); or absolute token indices (a pass of more
-    than one position starts a new sequence at 0, a one-position pass continues it). ``gate``: ``(probes,
+    ``positions``: ``"all"``; ``"generated"``, the positions that predict each new token (the prompt's last token and
+    every generated one); or absolute token indices. Positions are tracked across passes
+    (:class:`~lens_pivotal.positions.SequencePositions`), so ``generate`` steers the same positions with and without
+    the KV cache. ``gate``: ``(probes,
     threshold)``, steering only where ``probes``' probe on ``hook_name`` scores the unsteered residual at
     least ``threshold``. Each pass appends its ``[batch, pos]`` steering mask to :attr:`masks`.
     """
@@ -45,7 +47,7 @@ class SteeringHook:
         self.positions = positions if isinstance(positions, str) else sorted(set(int(p) for p in positions))
         self.gate = gate
         self.masks: list[Tensor] = []
-        self._offset = 0
+        self._sequence = SequencePositions()
 
     @property
     def fwd_hook(self) -> tuple[str, SteeringHook]:
@@ -59,7 +61,8 @@ class SteeringHook:
 
     def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any) -> Float[Tensor, "batch pos d_model"]:
         batch, length, d_model = resid.shape
-        mask = self._position_mask(length, resid.device).expand(batch, length)
+        start = self._sequence.advance(resid)
+        mask = self._position_mask(start, length, resid.device).expand(batch, length)
         if self.gate is not None:
             probes, threshold = self.gate
             with torch.no_grad():
@@ -68,20 +71,18 @@ class SteeringHook:
         self.masks.append(mask.cpu())
         return resid + mask.unsqueeze(-1).to(resid.dtype) * self.addition.to(resid)
 
-    def _position_mask(self, length: int, device: torch.device) -> Tensor:
-        self._offset = 0 if length > 1 else self._offset
-        start, self._offset = self._offset, self._offset + length
+    def _position_mask(self, start: int, length: int, device: torch.device) -> Tensor:
+        absolute = torch.arange(start, start + length, device=device)
         if self.positions == "all":
             return torch.ones(length, dtype=torch.bool, device=device)
         if self.positions == "generated":
-            return torch.arange(length, device=device) == length - 1
-        absolute = torch.arange(start, start + length, device=device)
+            return absolute >= self._sequence.prompt_length - 1
         return torch.isin(absolute, torch.tensor(self.positions, dtype=torch.long, device=device))
 
     def reset(self) -> None:
-        """Forget the recorded masks and the position count (before an unrelated sequence of one-token passes)."""
+        """Forget the recorded masks and the sequence (before an unrelated sequence of one-token passes)."""
         self.masks.clear()
-        self._offset = 0
+        self._sequence.reset()
 
 
 def steering_hook(
