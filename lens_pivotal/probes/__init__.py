@@ -4,9 +4,11 @@
     acts = examples.cache(model)                                   # [n_layers, n_examples, d_model]
     probes = lp.train_probes(acts, examples.labels, groups=examples.groups, model=model)
     probes.save("probes/"); probes.score_text(model, "Some new text")
+    cross_val_score(lp.probes.LinearProbe(l2=1e-2), acts[12].numpy(), examples.labels, groups=examples.groups)
     lp.probes.transfer_matrix(model, {"one": "a.jsonl", "two": "b.jsonl"})  # train on one family, score the other
 """
 
+from lens_pivotal.probes.estimator import LinearProbe
 from lens_pivotal.probes.examples import ProbeExamples, group_folds, group_split, probe_examples
 from lens_pivotal.probes.layer_probes import (
     ADAM_PROBE_SETTINGS,
@@ -30,6 +32,7 @@ __all__ = [
     "GeneratedScores",
     "LayerMetrics",
     "LayerProbes",
+    "LinearProbe",
     "ProbeConfig",
     "ProbeExamples",
     "ProbeSettings",

@@ -1,0 +1,88 @@
+"""One layer's pivotal-token probe as a scikit-learn classifier, to drop into ``cross_val_score``, ``GridSearchCV``
+or a ``Pipeline``.
+
+``LinearProbe`` is the estimator :class:`~lens_pivotal.LayerProbes` fits for every layer at once (the same L-BFGS
+solve, L2 penalty, class weights and standardisation), on one ``[n_rows, d_model]`` array; it fits only what it is
+given, and model selection stays outside it, as in scikit-learn. ``LayerProbes`` keeps the all-layers-at-once speed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from lens_pivotal.probes.training import balanced_weights, fit_lbfgs
+
+
+class LinearProbe(ClassifierMixin, BaseEstimator):
+    """L2-penalised logistic regression on one layer's residual rows, solved as :class:`~lens_pivotal.LayerProbes`
+    solves each of its layers.
+
+    Args:
+        l2: the penalty on the mean training loss, ``l2 / 2 * |w|^2`` (scikit-learn's ``C`` is ``1 / (l2 * n_rows)``).
+        standardize: fit on standardised features (mean and standard deviation of the training rows); ``coef_`` is
+            in the input's own units either way.
+        class_weight: ``"balanced"`` weighs each class by ``n / (2 n_class)``; ``None`` weighs every row alike.
+        max_iter: L-BFGS iterations (a ``ConvergenceWarning`` says when they run out).
+        dtype: the solve's precision.
+    """
+
+    def __init__(
+        self,
+        l2: float = 1e-2,
+        *,
+        standardize: bool = True,
+        class_weight: Literal["balanced"] | None = "balanced",
+        max_iter: int = 500,
+        dtype: Literal["float32", "float64"] = "float64",
+    ) -> None:
+        self.l2 = l2
+        self.standardize = standardize
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+        self.dtype = dtype
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> LinearProbe:
+        """Fit on every row of ``X`` (``[n_rows, d_model]``) with binary labels ``y``."""
+        X, y = validate_data(self, X, y)
+        self.classes_ = np.unique(y)
+        if len(self.classes_) != 2:
+            raise ValueError(f"y must hold exactly two classes, got {self.classes_.tolist()}")
+        if self.class_weight not in ("balanced", None):
+            raise ValueError(f"class_weight must be 'balanced' or None, got {self.class_weight!r}")
+        x = torch.as_tensor(X, dtype=getattr(torch, self.dtype))
+        mean, scale = self._standardisation(x)
+        labels = torch.as_tensor(y == self.classes_[1]).to(x).unsqueeze(0)
+        every_row = torch.ones_like(labels)
+        weights = balanced_weights(labels, every_row) if self.class_weight == "balanced" else every_row
+        heads = fit_lbfgs(((x - mean) / scale).unsqueeze(0), labels, weights, torch.tensor(float(self.l2)),
+                          max_iter=self.max_iter)
+        weight = heads.weight[0, 0] / scale
+        bias = heads.bias[0, 0] - weight @ mean
+        self.coef_, self.intercept_ = weight.double().numpy()[None], np.array([float(bias)])
+        return self
+
+    def _standardisation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-feature mean and scale, as :class:`~lens_pivotal.LayerProbes` computes them (or 0 and 1)."""
+        if not self.standardize:
+            return torch.zeros(x.shape[1]).to(x), torch.ones(x.shape[1]).to(x)
+        return x.mean(0), x.std(0).clamp_min(1e-6)
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """The logit of the second class (``classes_[1]``, the pivotal one) per row, ``[n_rows]``."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False)
+        return X @ self.coef_[0] + self.intercept_[0]
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """``[n_rows, 2]``: the probability of ``classes_[0]`` and of ``classes_[1]``."""
+        positive = 1 / (1 + np.exp(-self.decision_function(X)))
+        return np.column_stack([1 - positive, positive])
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """The more probable class of each row."""
+        return self.classes_[(self.decision_function(X) > 0).astype(int)]
