@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
+import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
+from sklearn.linear_model import LogisticRegression
 
 from lens_pivotal.probes.examples import group_folds
-from lens_pivotal.probes.training import Heads, balanced_weights, fit_lbfgs, head_losses, loss_gradients
+from lens_pivotal.probes.training import (
+    ConvergenceWarning,
+    Heads,
+    balanced_weights,
+    fit_lbfgs,
+    head_losses,
+    loss_gradients,
+)
 
 
 def problem(seed=0, n_layers=3, n_heads=4, n=50, d_model=7):
@@ -50,3 +63,42 @@ def test_group_folds_keep_groups_whole():
     for group in set(groups):
         assert len({int(folds[i]) for i, g in enumerate(groups) if g == group}) == 1
     assert int(group_folds(["a", "b", "a"], 5).max()) == 1
+
+
+def spread_l2_problem(n=200, d_model=16, seed=0):
+    """Two layers of unstandardised activations (features on scales 1 to 100) carrying a noisy planted label."""
+    generator = torch.Generator().manual_seed(seed)
+    y = (torch.rand(n, generator=generator) < 0.4).double()
+    x = torch.randn(2, n, d_model, generator=generator, dtype=torch.float64)
+    x[..., 0] += 3 * y
+    x *= torch.logspace(0, 2, d_model, dtype=torch.float64)
+    return x, y
+
+
+# L2 five orders of magnitude apart ([n_layers, n_heads]): one per layer, or both on the heads of one layer
+SPREAD_L2 = {"across layers": [[1e-4], [10.0]], "within a layer": [[1e-4, 10.0]]}
+
+
+@pytest.mark.parametrize("l2", SPREAD_L2.values(), ids=SPREAD_L2.keys())
+def test_heads_whose_l2_differ_by_orders_of_magnitude_each_reach_sklearns_optimum(l2):
+    l2 = torch.tensor(l2, dtype=torch.float64)
+    x, y = spread_l2_problem()
+    x, labels = x[: l2.shape[0]], y.expand(l2.shape[1], -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        heads = fit_lbfgs(x, labels, torch.ones_like(labels), l2)
+    for layer, head in np.ndindex(*l2.shape):
+        reference = LogisticRegression(C=1 / (float(l2[layer, head]) * len(y)), tol=1e-10, max_iter=10_000)
+        reference.fit(x[layer].numpy(), y.numpy())
+        ours = np.append(heads.weight[layer, head].numpy(), heads.bias[layer, head].item())
+        expected = np.append(reference.coef_[0], reference.intercept_)
+        assert np.abs(ours - expected).max() <= 1e-4 * np.abs(expected).max(), f"layer {layer}, head {head}"
+
+
+def test_stopping_at_max_iter_warns_naming_the_layers():
+    x, y = spread_l2_problem()
+    labels, l2 = y.unsqueeze(0), torch.tensor(SPREAD_L2["across layers"], dtype=torch.float64)
+    named = r"max_iter 2\) on layer 0 \(all heads: gradient [\d.e+-]+ after \d iteration\(s\)\); layer 1 \(all heads"
+    with pytest.warns(SklearnConvergenceWarning, match=named) as caught:  # scikit-learn's filters catch it too
+        fit_lbfgs(x, labels, torch.ones_like(labels), l2, max_iter=2)
+    assert all(isinstance(warning.message, ConvergenceWarning) for warning in caught)

@@ -3,8 +3,9 @@
 A head is ``sigmoid(x @ w + b)``. Heads are laid out ``[n_layers, n_heads, d_model]``: the head axis holds
 independent fits on the same layer (cross-validation folds × L2 values, or shuffled-label controls), each with its
 own labels, example weights and L2. Because the objective is a sum of independent per-head objectives, one
-optimiser over all of them reaches every head's own optimum, and each step is a single batched matmul
-(``einsum("lnd,lhd->lhn")``) instead of a Python loop over layers.
+optimiser over all of them reaches every head's own optimum (L-BFGS takes the heads of like L2 together, see
+:func:`fit_lbfgs`), and each step is a single batched matmul (``einsum("lnd,lhd->lhn")``) instead of a Python loop
+over layers.
 
 The objective of a head is ``sum_i w_i BCE(x_i, y_i) / sum_i w_i + l2 / 2 * |w|^2`` (bias not penalised), which is
 scikit-learn's ``LogisticRegression(C=1 / (l2 * sum_i w_i))``.
@@ -12,8 +13,10 @@ scikit-learn's ``LogisticRegression(C=1 / (l2 * sum_i w_i))``.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
+import sklearn.exceptions
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
@@ -49,6 +52,26 @@ def zero_heads(n_layers: int, n_heads: int, d_model: int, like: Tensor) -> Heads
     return Heads(weight, bias)
 
 
+class ConvergenceWarning(sklearn.exceptions.ConvergenceWarning):
+    """L-BFGS ran out of iterations with some head's gradient still above the tolerance. A ``UserWarning`` and a
+    scikit-learn ``ConvergenceWarning``, so a filter on either category (or on this one) catches it."""
+
+
+@dataclass
+class _Unconverged:
+    """Heads of one layer that a solve left with a gradient above the tolerance."""
+
+    layer: int
+    heads: list[int]
+    n_heads: int  # of the layer
+    gradient: float  # the largest of those heads'
+    iterations: int
+
+    def describe(self) -> str:
+        heads = "all heads" if len(self.heads) == self.n_heads else f"heads {', '.join(map(str, self.heads))}"
+        return f"layer {self.layer} ({heads}: gradient {self.gradient:.2g} after {self.iterations} iteration(s))"
+
+
 def fit_lbfgs(
     x: Float[Tensor, "n_layers n d_model"],
     labels: Float[Tensor, "n_heads n"],
@@ -59,16 +82,49 @@ def fit_lbfgs(
     tolerance: float = 1e-6,
     init: Heads | None = None,
 ) -> Heads:
-    """Full-batch L-BFGS (strong-Wolfe line search) on the sum of all heads' objectives, from zero or ``init``.
+    """Full-batch L-BFGS (strong-Wolfe line search) on the sum of the heads' objectives, from zero or ``init``.
 
-    One line search serves every head, so heads of very different curvature (e.g. very different L2) slow each other
-    down: solve those one group at a time, warm-started (see ``LayerProbes``' L2 path).
+    One line search serves every head of a solve, so heads of very different curvature slow each other down: the
+    heads whose L2 (broadcast to ``[n_layers, n_heads]``) differ by orders of magnitude are solved apart, one decade
+    of L2 at a time over the layers that hold it (``max_iter`` iterations each). Warns :class:`ConvergenceWarning`,
+    naming the layers and heads, where a solve runs out of iterations (``max_iter``) or function evaluations before a
+    head's largest gradient component is down to ``tolerance`` (a solve that stops because the loss no longer changes
+    counts as converged, as scikit-learn's ``lbfgs`` counts it).
     """
-    heads = zero_heads(x.shape[0], labels.shape[0], x.shape[-1], x)
-    if init is not None:
-        with torch.no_grad():
-            heads.weight.copy_(init.weight)
-            heads.bias.copy_(init.bias)
+    n_layers, n_heads = x.shape[0], labels.shape[0]
+    l2 = torch.as_tensor(l2).to(x).expand(n_layers, n_heads)
+    start = zero_heads(n_layers, n_heads, x.shape[-1], x) if init is None else init
+    weight, bias = start.weight.detach().to(x, copy=True), start.bias.detach().to(x, copy=True)
+    unconverged: list[_Unconverged] = []
+    for cells in _same_decade_of_l2(l2):
+        layers = cells.any(-1).nonzero().squeeze(-1)
+        solved, iterations, out_of_budget = _solve_lbfgs(
+            x[layers], labels, weights, l2[layers], cells[layers], Heads(weight[layers], bias[layers]), max_iter,
+            tolerance,
+        )  # fmt: skip
+        weight[layers] = torch.where(cells[layers].unsqueeze(-1), solved.weight, weight[layers])
+        bias[layers] = torch.where(cells[layers], solved.bias, bias[layers])
+        if out_of_budget:
+            gradient = _largest_gradients(solved, x[layers], labels, weights, l2[layers])
+            unconverged += _unconverged_heads(gradient, cells[layers], layers, iterations, tolerance)
+    if unconverged:
+        warnings.warn(_convergence_message(unconverged, max_iter, tolerance), ConvergenceWarning, stacklevel=2)
+    return Heads(weight, bias)
+
+
+def _same_decade_of_l2(l2: Float[Tensor, "n_layers n_heads"]) -> list[Tensor]:
+    """``[n_layers, n_heads]`` masks of the heads whose L2 share an order of magnitude (L2 0 is one of its own)."""
+    decade = torch.log10(l2).floor()
+    return [decade == value for value in decade.unique()]
+
+
+def _solve_lbfgs(
+    x: Tensor, labels: Tensor, weights: Tensor, l2: Tensor, cells: Tensor, init: Heads, max_iter: int, tolerance: float
+) -> tuple[Heads, int, bool]:
+    """One L-BFGS run on the heads in ``cells`` (the others are left out of the objective, so they stay put): the
+    heads, the iterations it took, and whether it stopped on ``max_iter`` iterations or its function-evaluation
+    budget (rather than on the gradient or loss tolerance)."""
+    heads = Heads(init.weight.clone().requires_grad_(), init.bias.clone().requires_grad_())
     optimizer = torch.optim.LBFGS(
         [heads.weight, heads.bias], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
         tolerance_grad=tolerance, tolerance_change=1e-12,
@@ -76,13 +132,45 @@ def fit_lbfgs(
 
     def closure() -> Tensor:
         optimizer.zero_grad()
-        loss = head_losses(heads, x, labels, weights, l2).sum()
+        loss = head_losses(heads, x, labels, weights, l2)[cells].sum()
         loss.backward()
         return loss
 
     with torch.enable_grad():
         optimizer.step(closure)
-    return Heads(heads.weight.detach(), heads.bias.detach())
+    state, budget = optimizer.state[heads.weight], optimizer.param_groups[0]
+    iterations, evaluations = state.get("n_iter", 0), state.get("func_evals", 0)
+    out_of_budget = iterations >= budget["max_iter"] or evaluations >= budget["max_eval"]
+    return Heads(heads.weight.detach(), heads.bias.detach()), iterations, out_of_budget
+
+
+def _largest_gradients(heads: Heads, x: Tensor, labels: Tensor, weights: Tensor, l2: Tensor) -> Tensor:
+    """Each head's largest |gradient| component (weight or bias), ``[n_layers, n_heads]``: what L-BFGS stops on."""
+    weight_gradient, bias_gradient = loss_gradients(heads, x, labels, weights, l2)
+    return torch.maximum(weight_gradient.abs().amax(-1), bias_gradient.abs())
+
+
+def _unconverged_heads(
+    gradient: Tensor, cells: Tensor, layers: Tensor, iterations: int, tolerance: float
+) -> list[_Unconverged]:
+    """The heads in ``cells`` whose largest gradient is above ``tolerance``, by layer (``layers`` maps rows to
+    layer indices)."""
+    stuck = cells & (gradient > tolerance)
+    return [
+        _Unconverged(
+            int(layers[row]), stuck[row].nonzero().squeeze(-1).tolist(), len(cells[row]),
+            float(gradient[row][stuck[row]].max()), iterations,
+        )  # fmt: skip
+        for row in stuck.any(-1).nonzero().squeeze(-1).tolist()
+    ]
+
+
+def _convergence_message(unconverged: list[_Unconverged], max_iter: int, tolerance: float) -> str:
+    layers = "; ".join(item.describe() for item in sorted(unconverged, key=lambda item: item.layer))
+    return (
+        f"L-BFGS stopped before converging (gradient tolerance {tolerance:g}, max_iter {max_iter}) on {layers}. "
+        "Raise max_iter, standardize the activations, or train in float64."
+    )
 
 
 def fit_adam(
