@@ -50,8 +50,10 @@ def test_finds_the_planted_layer_and_the_control_is_chance(fitted):
     assert probes.best_layer == PLANTED and auroc[PLANTED] > 0.95
     others = [layer for layer in range(5) if layer != PLANTED]
     assert torch.all((auroc[others] - 0.5).abs() < 0.2)
-    assert all(abs(value - 0.5) < 0.2 for value in probes.config.control_auroc)
-    assert probes.metrics.low["auroc"][PLANTED] > 0.9 and probes.selectivity[PLANTED] > 0.3
+    assert probes.permutation_p[PLANTED] == pytest.approx(1 / 20) and probes.permutation_p[others].min() > 1 / 20
+    assert probes.metrics.low["auroc"][PLANTED] > 0.9 and probes.config.control_task_auroc is None
+    with pytest.raises(RuntimeError, match="pass control_types="):
+        probes.selectivity
     assert probes.config.l2[PLANTED] in ProbeSettings().l2_grid and len(probes.config.cv_loss) == 5
 
 
@@ -131,7 +133,7 @@ def test_save_load_round_trip_is_exact(fitted, tmp_path):
         assert mode == (0o777 if not name else 0o666) & ~umask
     saved = json.loads((tmp_path / "probes" / "config.json").read_text())
     assert saved["config"]["settings"]["solver"] == "lbfgs" and len(saved["config"]["hook_names"]) == 5
-    assert {"metrics", "l2", "best_layer", "control_auroc"} <= set(saved["results"]) and "metrics" not in saved["config"]
+    assert {"metrics", "l2", "best_layer", "permutation_p"} <= set(saved["results"]) and "metrics" not in saved["config"]
 
 
 def test_loading_onto_another_model_shape_is_an_error(fitted, tmp_path, tiny_qwen3_model):
@@ -245,7 +247,7 @@ def test_len_getitem_and_to_give_one_layers_probe(fitted):
     assert len(probes) == probes.n_layers == 5
     last = probes[-1]
     assert len(last) == 1 and last.config.hook_names == probes.config.hook_names[-1:]
-    assert last.config.l2 == probes.config.l2[-1:] and last.config.control_auroc == probes.config.control_auroc[-1:]
+    assert last.config.l2 == probes.config.l2[-1:] and last.config.permutation_p == probes.config.permutation_p[-1:]
     assert last.metrics.values["auroc"].tolist() == probes.metrics.values["auroc"][-1:].tolist()
     torch.testing.assert_close(last.predict_proba(acts[-1:]), probes.predict_proba(acts)[-1:])
     with pytest.raises(IndexError, match="block 5 is out of range: the model has 5 blocks"):
@@ -317,7 +319,7 @@ def test_fit_forgets_the_earlier_evaluation_and_matches_sklearn_on_the_new_label
             getattr(refit, result)
     with pytest.raises(RuntimeError, match="no held-out evaluation"):
         refit.hook()
-    assert refit.config.control_auroc is None and refit.config.baseline_metrics is None
+    assert refit.config.permutation_p is None and refit.config.baseline_metrics is None
     assert refit.config.n_train == len(labels) and refit.config.heldout_groups == []
     reference = LogisticRegression(C=1 / (1.0 * len(labels)), class_weight="balanced", tol=1e-10, max_iter=10_000)
     reference.fit(acts[0].numpy(), other.numpy())
@@ -349,3 +351,38 @@ def test_layer_means_the_block_with_a_model_and_the_embeddings_are_named_by_thei
                           settings=ProbeSettings(l2=1.0, n_bootstrap=0))
     assert probes.layers == ["blocks.0.hook_resid_pre", 2, 0] and probes.slot(-1) == 1
     assert probes.slot("blocks.0.hook_resid_pre") == 0 and probes.slot(0) == 2
+
+
+def typed(label_of_type: bool, n_types: int = 150, n_rows: int = 600, d_model: int = 48, seed: int = 0):
+    """Residuals that carry the current token's type (a random embedding per type) plus noise; the label is a random
+    function of the type, or planted along a direction the type does not predict."""
+    generator = torch.Generator().manual_seed(seed)
+    types = torch.randint(0, n_types, (n_rows,), generator=generator)
+    acts = torch.randn(n_types, d_model, generator=generator)[types] + 0.5 * torch.randn(n_rows, d_model, generator=generator)
+    if label_of_type:
+        labels = (torch.rand(n_types, generator=generator) < 0.5).float()[types]
+    else:
+        labels = (torch.rand(n_rows, generator=generator) < 0.5).float()
+        acts += 2.0 * (2 * labels - 1)[:, None] * torch.nn.functional.normalize(torch.randn(d_model, generator=generator), dim=0)
+    return acts[None], labels, [f"q{i // 6}" for i in range(n_rows)], types.tolist()
+
+
+@pytest.mark.parametrize("label_of_type", [True, False])
+def test_the_control_task_is_what_sklearn_learns_from_random_labels_of_the_token_types(label_of_type):
+    from lens_pivotal.probes.controls import control_task_labels
+
+    acts, labels, groups, types = typed(label_of_type)
+    settings = ProbeSettings(l2=1e-2, standardize=False, class_weight=None, n_bootstrap=0, n_permutations=9)
+    probes = train_probes(acts, labels, groups=groups, settings=settings, control_types=types)
+    train, heldout = group_split(groups, test_fraction=settings.val_fraction, seed=settings.seed)
+    control = control_task_labels(types, float(labels[train].mean()), settings.seed, both_classes_in=train).numpy()
+    assert all(len({control[i] for i in range(len(types)) if types[i] == t}) == 1 for t in set(types))  # one per type
+    x = acts[0].numpy()
+    reference = LogisticRegression(C=1 / (1e-2 * len(train)), tol=1e-10, max_iter=10_000).fit(x[train], control[train])
+    expected = roc_auc_score(control[heldout], reference.decision_function(x[heldout]))
+    assert probes.config.control_task_auroc[0] == pytest.approx(expected, abs=2e-3)
+    selectivity = float(probes.selectivity[0])
+    if label_of_type:  # the task is itself a random labelling of the types: nothing beyond memorising them
+        assert abs(selectivity) < 0.1
+    else:  # the label lives along a direction the type does not give
+        assert selectivity > 0.15 and probes.permutation_p[0] == pytest.approx(1 / 10)

@@ -1,4 +1,4 @@
-"""Probe figures: layer-wise metrics with bands, control and best layer; PCA matching scikit-learn; t-SNE."""
+"""Probe figures: layer-wise metrics with bands, control task and best layer; PCA matching scikit-learn; t-SNE."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ def probes():
     labels = torch.arange(120) % 2
     acts = torch.randn(4, 120, 16, generator=generator)
     acts[2, :, 0] += 3 * labels
-    return train_probes(acts, labels, groups=[str(i // 6) for i in range(120)], settings=ProbeSettings(l2=0.1, n_bootstrap=50))
+    types = (torch.arange(120) // 3).tolist()
+    return train_probes(acts, labels, groups=[str(i // 6) for i in range(120)], settings=ProbeSettings(l2=0.1, n_bootstrap=50),
+                        control_types=types)
 
 
 def test_layer_metrics_figure(probes, tmp_path):
@@ -27,7 +29,7 @@ def test_layer_metrics_figure(probes, tmp_path):
     axis = figure.axes[0]
     labels = [line.get_label() for line in axis.get_lines()]
     assert labels == [
-        "AUROC", "AUPRC", "balanced accuracy", "F1", "AUROC, shuffled-label control", "CV AUROC, training problems",
+        "AUROC", "AUPRC", "balanced accuracy", "F1", "AUROC, control task (token types)", "CV AUROC, training problems",
         "best layer by CV (2)",
     ]  # fmt: skip
     assert list(axis.get_lines()[0].get_ydata()) == pytest.approx(probes.metrics.values["auroc"].tolist())

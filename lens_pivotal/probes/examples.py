@@ -72,6 +72,11 @@ class ProbeExamples:
         """``labels`` as a float tensor, ready for :func:`~lens_pivotal.probes.train_probes`."""
         return torch.tensor(self.labels, dtype=torch.float32)
 
+    @property
+    def current_tokens(self) -> list[int]:
+        """Each example's current token id (the token whose residual is read): the types of the control task."""
+        return [self.token_ids[text][position] for text, position in zip(self.text_index, self.positions)]
+
     def cache(self, model: Any, **cache_kwargs: Any) -> Float[Tensor, "n_layers n_examples d_model"]:
         """``resid_post`` of every example, running each distinct text once (rows in example order).
 

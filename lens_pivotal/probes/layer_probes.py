@@ -1,8 +1,8 @@
 """Per-layer linear probes for "the NEXT token is pivotal", with an sklearn-like surface.
 
 ``LayerProbes`` holds one ``Linear(d_model, 1)`` + sigmoid per cached layer, trained all at once
-(:mod:`lens_pivotal.probes.training`), scored on held-out groups with bootstrap intervals and a shuffled-label
-control per layer (:mod:`lens_pivotal.probes.metrics`), and saved as safetensors weights beside a JSON
+(:mod:`lens_pivotal.probes.training`), scored on held-out groups with bootstrap intervals, judged against a control
+task and a permutation null per layer (:mod:`lens_pivotal.probes.controls`), and saved as safetensors weights beside a JSON
 :class:`ProbeConfig` that names the base model, so loading onto another model is caught.
 """
 
@@ -26,6 +26,7 @@ from lens_pivotal._io import atomic_dir
 from lens_pivotal.model import UNKNOWN_MODEL, Layer, ModelBound, hook_layer, layer_label, read_hooks
 from lens_pivotal.probes.examples import group_folds, group_split
 from lens_pivotal.probes.baselines import check_baselines, fit_baselines, fit_logistic
+from lens_pivotal.probes.controls import control_task_labels, permutation_labels, permutation_p_values
 from lens_pivotal.probes.metrics import LayerMetrics, auroc, group_bootstrap_weights, heldout_metrics
 from lens_pivotal.probes.scoring import LayerChoice, ProbeRecorder, TokenScores, recording, score_text
 from lens_pivotal.probes.training import Heads, balanced_weights, fit_adam, fit_lbfgs, head_losses
@@ -63,6 +64,7 @@ class ProbeSettings:
     batch_size: int = 32
     max_iter: int = 500
     n_bootstrap: int = 1000
+    n_permutations: int = 19
     seed: int = 0
     dtype: Literal["float32", "float64"] | None = None
 
@@ -70,7 +72,7 @@ class ProbeSettings:
         for name, kind in (("l2_grid", tuple), ("standardize", bool)):
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
-        for name in ("cv_folds", "epochs", "batch_size", "max_iter", "n_bootstrap", "seed"):
+        for name in ("cv_folds", "epochs", "batch_size", "max_iter", "n_bootstrap", "n_permutations", "seed"):
             if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
                 raise TypeError(f"{name} must be an int, got {getattr(self, name)!r}")
         if self.solver not in SOLVERS:
@@ -112,7 +114,8 @@ class ProbeConfig:
     settings: ProbeSettings = field(default_factory=ProbeSettings)
     best_layer: int | None = None
     metrics: dict[str, Any] | None = None
-    control_auroc: list[float] | None = None
+    control_task_auroc: list[float] | None = None
+    permutation_p: list[float] | None = None
     l2: list[float] | None = None
     cv_loss: list[list[float]] | None = None
     n_train: int = 0
@@ -137,7 +140,8 @@ class ProbeConfig:
             metrics = {name: {part: pick(parts[part]) for part in parts} for name, parts in self.metrics.items()}
         return replace(
             self, hook_names=[self.hook_names[index]], l2=pick(self.l2), cv_loss=pick(self.cv_loss),
-            control_auroc=pick(self.control_auroc), cv_auroc=pick(self.cv_auroc), metrics=metrics,
+            control_task_auroc=pick(self.control_task_auroc), permutation_p=pick(self.permutation_p),
+            cv_auroc=pick(self.cv_auroc), metrics=metrics,
             best_layer=None if self.best_layer is None else 0,
             best_heldout_layer=None if self.best_heldout_layer is None else 0,
             versus_best_baseline=_pick_parts(self.versus_best_baseline, pick), with_entropy=_pick_parts(self.with_entropy, pick),
@@ -267,9 +271,21 @@ class LayerProbes(ModelBound):
 
     @property
     def selectivity(self) -> Float[Tensor, " n_layers"]:
-        """Held-out AUROC minus the shuffled-label control's AUROC, per layer."""
-        self._require_fitted()
-        return self.metrics.values["auroc"] - torch.tensor(self.config.control_auroc)
+        """Held-out AUROC minus the control task's (Hewitt & Liang: token types given random labels), per layer: what
+        the probe reads beyond memorising the current token's type. Needs ``control_types`` in :func:`train_probes`."""
+        self._require_evaluated()
+        if self.config.control_task_auroc is None:
+            raise RuntimeError("no control task was trained: pass control_types=examples.current_tokens to train_probes")
+        return self.metrics.values["auroc"] - torch.tensor(self.config.control_task_auroc)
+
+    @property
+    def permutation_p(self) -> Float[Tensor, " n_layers"]:
+        """Per layer, the permutation p-value of the held-out AUROC (``settings.n_permutations`` probes trained on
+        permuted labels form the null; see :mod:`lens_pivotal.probes.controls`)."""
+        self._require_evaluated()
+        if self.config.permutation_p is None:
+            raise RuntimeError("no permutation null was trained: ProbeSettings(n_permutations=0)")
+        return torch.tensor(self.config.permutation_p)
 
     @property
     def layer_labels(self) -> list[str]:
@@ -284,8 +300,8 @@ class LayerProbes(ModelBound):
     ) -> LayerProbes:
         """Train every layer's probe on all the rows given, as scikit-learn's ``LogisticRegressionCV`` does: the L2 of
         each layer is chosen by grouped cross-validation on these rows (unless ``l2`` is fixed). Nothing is held out
-        or evaluated here: :func:`train_probes` splits off held-out groups, trains a shuffled-label control and
-        reports metrics; :func:`evaluate_probes` scores fitted probes on any rows.
+        or evaluated here: :func:`train_probes` splits off held-out groups, trains the controls and reports
+        metrics; :func:`evaluate_probes` scores fitted probes on any rows.
 
         Args:
             acts: activations from :func:`lens_pivotal.cache_resid_post` (``[n_layers, n_rows, d_model]``), on
@@ -562,7 +578,8 @@ class LayerProbes(ModelBound):
         return torch.tensor(settings.l2_grid, dtype=torch.float64).to(x)[table.argmin(-1)]
 
     def _record_results(
-        self, metrics: LayerMetrics, control_auroc: Tensor, groups: list[str], n_train: int, cv_auroc: Tensor | None
+        self, metrics: LayerMetrics, controls: dict[str, list[float] | None], groups: list[str], n_train: int,
+        cv_auroc: Tensor | None,
     ) -> None:
         heldout_best = int(torch.nan_to_num(metrics.values["auroc"], nan=-1).argmax())
         if cv_auroc is None:
@@ -573,7 +590,7 @@ class LayerProbes(ModelBound):
         self.config = replace(
             self.config,
             metrics=metrics.to_dict(),
-            control_auroc=[float(value) for value in control_auroc],
+            **controls,
             cv_auroc=None if cv_auroc is None else [float(value) for value in cv_auroc],
             best_layer=heldout_best if cv_auroc is None else int(torch.nan_to_num(cv_auroc, nan=-1).argmax()),
             best_heldout_layer=heldout_best,
@@ -594,6 +611,7 @@ def train_probes(
     settings: ProbeSettings | None = None,
     baselines: dict[str, Tensor] | None = None,
     heldout_groups: Collection[str] | None = None,
+    control_types: Sequence[int] | None = None,
 ) -> LayerProbes:
     """Train one probe per layer of ``acts`` (all layers at once) and evaluate them on held-out groups.
 
@@ -614,11 +632,13 @@ def train_probes(
             :attr:`LayerProbes.with_entropy`).
         heldout_groups: the problems to hold out (e.g. another problem family's, to measure transfer); default: a
             seeded ``settings.val_fraction`` of them.
+        control_types: each row's current-token id (``ProbeExamples.current_tokens``): trains Hewitt & Liang's
+            control task (:mod:`lens_pivotal.probes.controls`), which :attr:`LayerProbes.selectivity` needs.
 
     Returns:
         :class:`LayerProbes` fitted on the training groups (:meth:`LayerProbes.fit`), with per-layer metrics on the
-        held-out groups (:func:`evaluate_probes`), a shuffled-label control trained on the same rows, and the best
-        layer.
+        held-out groups (:func:`evaluate_probes`), the control task (with ``control_types``) and the permutation null
+        trained on the same rows, and the best layer.
     """
     _require_layered(acts)
     if model is not None:
@@ -633,17 +653,22 @@ def train_probes(
     else:
         train, heldout = _split_off(groups, heldout_groups)
     train_groups, heldout_groups = [groups[i] for i in train], [groups[i] for i in heldout]
-    # The shuffled-label control trains beside the probes, as a second head of the same batched program.
-    shuffled = y[train][torch.randperm(len(train), generator=torch.Generator().manual_seed(chosen.seed))]
-    heads = probes._train(x[:, train], torch.stack([y[train], shuffled]), train_groups)
+    # The control task and the permutation null train beside the probes, as more heads of the same batched program.
+    control = None
+    if control_types is not None:
+        control = control_task_labels(_check_types(control_types, len(y)), float(y[train].mean()), chosen.seed,
+                                      both_classes_in=train).to(y)  # fmt: skip
+    permuted = permutation_labels(y[train], chosen.n_permutations, chosen.seed)
+    heads = probes._train(x[:, train], torch.cat([y[train][None], *([] if control is None else [control[train][None]]), permuted]),
+                          train_groups)  # fmt: skip
     heldout_logits = heads.logits(probes._prepared(x[:, heldout])).cpu()
     scores = torch.sigmoid(heldout_logits)
     y_heldout = y[heldout].cpu()
     metrics = heldout_metrics(scores[:, 0], y_heldout, heldout_groups, n_bootstrap=chosen.n_bootstrap, seed=chosen.seed)
-    control_auroc = _auroc_per_row(scores[:, 1], y_heldout)
+    controls = _control_results(scores, y_heldout, None if control is None else control[heldout].cpu(), metrics)
     out_of_fold = probes._out_of_fold_logits(probes._prepared(x[:, train]), y[train], train_groups)
     cv_auroc = None if out_of_fold is None else _auroc_per_row(out_of_fold.cpu(), y[train].cpu())
-    probes._record_results(metrics, control_auroc, heldout_groups, len(train), cv_auroc)
+    probes._record_results(metrics, controls, heldout_groups, len(train), cv_auroc)
     if baselines:
         split = (torch.as_tensor(train), torch.as_tensor(heldout))
         probe_logits = torch.zeros(probes.n_layers, len(y), dtype=torch.float64)
@@ -652,6 +677,26 @@ def train_probes(
             probe_logits[:, split[0]] = out_of_fold.cpu().double()
         _evaluate_baselines(probes, baselines, y.cpu(), split, heldout_groups, probe_logits, out_of_fold is not None)
     return probes
+
+
+def _check_types(types: Sequence[int], n_rows: int) -> list[int]:
+    if len(types) != n_rows:
+        raise ValueError(f"control_types must give one token type per row: {n_rows} rows, got {len(types)}")
+    return [int(value) for value in types]
+
+
+def _control_results(
+    scores: Float[Tensor, "n_layers n_heads n"], y: Tensor, control: Tensor | None, metrics: LayerMetrics
+) -> dict[str, list[float] | None]:
+    """The control task's held-out AUROC against its own labels (head 1, when there is one) and the permutation
+    p-value of the task's AUROC (the last heads), per layer."""
+    first_null = 1 if control is None else 2
+    n_layers, n_permutations = scores.shape[0], scores.shape[1] - first_null
+    null = _auroc_per_row(scores[:, first_null:].reshape(-1, scores.shape[-1]), y).view(n_layers, n_permutations)
+    return {
+        "control_task_auroc": None if control is None else _auroc_per_row(scores[:, 1], control).tolist(),
+        "permutation_p": permutation_p_values(metrics.values["auroc"].double(), null).tolist() if n_permutations else None,
+    }
 
 
 def _split_off(groups: list[str], heldout_groups: Collection[str]) -> tuple[np.ndarray, np.ndarray]:

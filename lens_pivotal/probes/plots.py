@@ -1,4 +1,4 @@
-"""Matplotlib figures of probes: layer-wise metrics with bootstrap bands and the shuffled-label control, and 2-D
+"""Matplotlib figures of probes: layer-wise metrics with bootstrap bands and the control task, and 2-D
 projections of activations coloured by label and by probe score. Save them with
 :func:`lens_pivotal.viz.save_figure`."""
 
@@ -27,7 +27,8 @@ def plot_layer_metrics(probes: LayerProbes, metrics: Sequence[str] = ("auroc", "
     for name in metrics:
         line = axis.plot(x, result.values[name].tolist(), marker="o", markersize=3, label=METRIC_NAMES.get(name, name))[0]
         axis.fill_between(x, result.low[name].tolist(), result.high[name].tolist(), color=line.get_color(), alpha=0.15)
-    axis.plot(x, probes.config.control_auroc, linestyle="--", color="grey", label="AUROC, shuffled-label control")
+    if probes.config.control_task_auroc is not None:
+        axis.plot(x, probes.config.control_task_auroc, linestyle="--", color="grey", label="AUROC, control task (token types)")
     if probes.config.cv_auroc is not None:
         axis.plot(x, probes.config.cv_auroc, linestyle=":", marker=".", color="black", label="CV AUROC, training problems")
     if probes.with_entropy is not None:

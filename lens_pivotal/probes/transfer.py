@@ -9,7 +9,7 @@ cell reports the layer chosen by grouped cross-validation on its training set, n
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
@@ -82,7 +82,7 @@ def transfer_matrix(
         raise ValueError(f"transfer needs at least 2 datasets, got {len(datasets)}")
     if ALL_FAMILIES in datasets:
         raise ValueError(f"{ALL_FAMILIES!r} names the union of the families: give that dataset another name")
-    settings = settings or ProbeSettings()
+    settings = replace(settings or ProbeSettings(), n_permutations=0)  # a cell reports no p-value: no null to train
     families = {}
     for name, rows in datasets.items():
         examples = probe_examples(model, rows, negatives_per_positive=negatives_per_positive, seed=settings.seed)

@@ -47,7 +47,7 @@ def train_on_pts(
         baselines = examples.baselines(model, final_resid=last_block_rows(model, acts, layers), batch_size=batch_size)
         probes = train_probes(
             acts, examples.labels, groups=examples.groups, model=model, layers=layers, embeddings=embeddings,
-            settings=settings, baselines=baselines,
+            settings=settings, baselines=baselines, control_types=examples.current_tokens,
         )
         probes.config.model_source = model_source
         _write_artefacts(model, probes, examples, acts, scratch)
@@ -87,7 +87,8 @@ def heldout_text(probes: LayerProbes, examples: ProbeExamples) -> list[int]:
 
 
 def metrics_record(probes: LayerProbes, examples: ProbeExamples) -> dict[str, Any]:
-    """JSON-ready summary: data counts, per-layer metrics with intervals, control, selectivity and the best layer."""
+    """JSON-ready summary: data counts, per-layer metrics with intervals, the control task, selectivity, the
+    permutation p-values and the best layer."""
     config = probes.config
     return {
         "model_name": config.model_name,
@@ -101,8 +102,9 @@ def metrics_record(probes: LayerProbes, examples: ProbeExamples) -> dict[str, An
         "best_heldout_layer_optimistic": probes.layer_labels[probes.slot(probes.best_heldout_layer)],
         "cv_auroc": config.cv_auroc,
         "metrics": config.metrics,
-        "control_auroc": config.control_auroc,
-        "selectivity": probes.selectivity.tolist(),
+        "control_task_auroc": config.control_task_auroc,
+        "selectivity": None if config.control_task_auroc is None else probes.selectivity.tolist(),
+        "permutation_p": config.permutation_p,
         "l2": config.l2,
         "baselines": config.baseline_metrics,
         "versus_best_baseline": config.versus_best_baseline,
@@ -112,19 +114,22 @@ def metrics_record(probes: LayerProbes, examples: ProbeExamples) -> dict[str, An
 
 def format_layer_table(probes: LayerProbes) -> str:
     """A fixed-width table, one row per layer: held-out AUROC with its interval, the grouped cross-validated AUROC
-    on the training problems (which picks the best layer), AUPRC, the shuffled-label control's AUROC, selectivity
-    (AUROC minus control) and the L2 used; with baselines, the paired differences against the best baseline and of
+    on the training problems (which picks the best layer), AUPRC, the control task's AUROC, selectivity (AUROC minus
+    the control task's), the permutation p-value and the L2 used; with baselines, the paired differences against the
+    best baseline and of
     probe + entropy against entropy alone. Preceded by the baseline table when there are baselines."""
-    result, config, selectivity = probes.metrics, probes.config, probes.selectivity.tolist()
-    cv_auroc = config.cv_auroc or [float("nan")] * probes.n_layers
+    result, config = probes.metrics, probes.config
+    missing = [float("nan")] * probes.n_layers
+    cv_auroc, control, p_values = (values or missing for values in (config.cv_auroc, config.control_task_auroc, config.permutation_p))
+    selectivity = probes.selectivity.tolist() if config.control_task_auroc else missing
     rows = []
     for index, label in enumerate(probes.layer_labels):
-        numbers = (cv_auroc[index], float(result.values["auprc"][index]), config.control_auroc[index], selectivity[index])
+        numbers = (cv_auroc[index], float(result.values["auprc"][index]), control[index], selectivity[index], p_values[index])
         rows.append([
             label, _with_interval(float(result.values["auroc"][index]), result.low["auroc"][index], result.high["auroc"][index]),
             *(f"{number:.3f}" for number in numbers), f"{config.l2[index]:.0e}",
         ])  # fmt: skip
-    header = ["layer", "AUROC [95% CI]", "CV AUROC", "AUPRC", "control", "select.", "l2"]
+    header = ["layer", "AUROC [95% CI]", "CV AUROC", "AUPRC", "control task", "select.", "perm. p", "l2"]
     versus, with_entropy = probes.versus_best_baseline, probes.with_entropy
     if versus is not None:
         header.append(f"AUROC - {versus['baseline']} [95% CI]")
@@ -140,7 +145,8 @@ def format_layer_table(probes: LayerProbes) -> str:
     caption = (
         "Probes per layer, on the held-out problems. The best layer is chosen by grouped cross-validation on the "
         "training problems (CV AUROC), so its held-out numbers are unbiased; the layer with the best held-out AUROC "
-        "is marked optimistic."
+        "is marked optimistic. Control task: a probe trained on random labels of the current token's type (Hewitt & "
+        "Liang); select. = AUROC minus it; perm. p: the AUROC's p-value against probes trained on permuted labels."
     )
     table = f"{caption}\n{table}"
     return f"{format_baseline_table(probes)}\n\n{table}" if probes.baseline_metrics else table
