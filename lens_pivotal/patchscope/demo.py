@@ -31,6 +31,6 @@ def decoding_demo(model: TransformerBridge, out_dir: str | os.PathLike, *, n_pro
     header = (
         f"PatchScope next-token decoding of {model.cfg.model_name}: {len(result.prompts)} held-out prompts "
         f"(the affine lens was fitted on {len(result.train_prompts)} others and {len(result.affine_texts)} more "
-        f"relation prompts); curve in {png}"
+        f"relation prompts); curve in {png.name}"
     )
     return f"{header}\n{result.table()}"
