@@ -18,18 +18,35 @@ from typing import Any, Iterator
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a scratch path (same folder and suffix) that becomes ``path`` only if the block finishes."""
+    """Yield a scratch path (same folder and suffix) that becomes ``path`` only if the block finishes.
+
+    The scratch file is flushed to disk before the rename and the folder after it, so a crash (or power loss) leaves
+    the old file or the whole new one, never a renamed file whose data had not reached the disk.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, scratch = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(scratch)
+        with open(scratch, "rb+") as handle:
+            os.fsync(handle.fileno())
         _give_default_permissions(Path(scratch))
         os.replace(scratch, path)
+        _fsync_dir(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(scratch)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk, where the system lets a folder be opened (not Windows)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

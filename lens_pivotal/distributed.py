@@ -5,10 +5,15 @@ which starts the process group (NCCL when CUDA is available, else gloo) and give
 ``LOCAL_RANK`` names. In Python, initialise the group yourself (``torch.distributed.init_process_group``) and
 call :func:`lens_pivotal.cache_resid_post` / :func:`lens_pivotal.search_pivotal_tokens` on every rank: work is
 split by :func:`shard`, and rank 0 writes what all ranks share.
+
+Every rank's own work runs between meeting points that every rank reaches whether its work succeeded or not
+(:func:`all_ranks`): a failure on any rank is raised on every rank at the next one, naming the rank and its error,
+instead of leaving the others waiting until the process group times out.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -17,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def world() -> tuple[int, int]:
@@ -32,32 +38,46 @@ def shard(items: Sequence[T]) -> list[T]:
     return list(items[rank::size])
 
 
-def barrier() -> None:
-    """Wait for every rank (nothing without a group)."""
-    if world()[1] > 1:
-        dist.barrier()
+def all_ranks(action: Callable[[], T]) -> T:
+    """Run ``action`` here, then meet every rank: if it failed on any rank, every rank raises.
 
-
-def on_rank_zero(action: Callable[[], T]) -> T | None:
-    """Run ``action`` on rank 0 only; every rank raises if it failed there, so no rank waits forever.
-
-    Returns ``action()``'s result on rank 0 and ``None`` elsewhere.
+    The failing rank raises its own exception; the others a ``RuntimeError`` naming each failing rank and its error
+    (``"rank 1 failed: ValueError: ..."``). Returns ``action()``'s result. Without a group it is just ``action()``.
     """
     rank, size = world()
     result, failure = None, None
-    if rank == 0:
-        try:
-            result = action()
-        except Exception as error:  # re-raised below, on rank 0 as itself
-            failure = error
+    try:
+        result = action()
+    except Exception as error:  # re-raised below, on this rank as itself
+        failure = error
     if size > 1:
-        message = [None if failure is None else f"{type(failure).__name__}: {failure}"]
-        dist.broadcast_object_list(message, src=0)
-        if message[0] is not None and rank != 0:
-            raise RuntimeError(f"rank 0 failed: {message[0]}")
+        errors: list[str | None] = [None] * size
+        dist.all_gather_object(errors, None if failure is None else f"{type(failure).__name__}: {failure}")
+        failed = [f"rank {other} failed: {error}" for other, error in enumerate(errors) if error is not None]
+        if failed and failure is None:
+            raise RuntimeError("; ".join(failed))
     if failure is not None:
         raise failure
     return result
+
+
+def on_rank_zero(action: Callable[[], T]) -> T | None:
+    """Run ``action`` on rank 0 only, then meet every rank (:func:`all_ranks`): every rank raises if it failed there.
+
+    Returns ``action()``'s result on rank 0 and ``None`` elsewhere.
+    """
+    return all_ranks(lambda: action() if world()[0] == 0 else None)
+
+
+def map_in_step(work: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``work`` on each of this rank's :func:`shard` of ``items``, the ranks meeting (:func:`all_ranks`) after every
+    item, so a failure on one rank stops every rank at the end of the item in progress; a rank with fewer items (one
+    less at most) still meets. Returns this rank's results, in order."""
+    mine, rounds = shard(items), math.ceil(len(items) / world()[1])
+    results: list[R] = []
+    for step in range(rounds):
+        results += all_ranks(lambda: [work(item) for item in mine[step : step + 1]])
+    return results
 
 
 def init_from_environment() -> torch.device | None:

@@ -7,18 +7,27 @@ no hook needs to see (Pivotal Token Search rollouts, DPO counterpart estimates) 
 :func:`unhooked_hf_model`: a plain instance of the same HF class whose parameters and buffers *are* the
 bridge's tensors (nothing is copied, and weight edits show in both), with fused SDPA attention.
 
+Two exceptions, both from compatibility mode on models with a fused q/k/v projection or a final LayerNorm (GPT-2,
+GPT-NeoX). TransformerLens splits a fused projection (``c_attn``, ``query_key_value``) into q, k and v at boot and
+folds and centres only those copies, leaving the HF tensor stale: the plain model gets a fused projection rebuilt
+from them (a copy, taken when it is built; without compatibility mode nothing is stale and nothing is copied). And it
+folds the final LayerNorm's bias into an unembedding bias the HF class has no slot for: the plain model's head gets it.
+
 Hooks added with ``model.hooks(...)`` do not fire in it, by design; steering evaluation therefore keeps
-sampling through ``model.original_model``.
+sampling through ``model.original_model``, and PTS rollouts switch to it while any hook is attached
+(:class:`~lens_pivotal.pts.rollouts.BridgeRollouts`). It carries the checkpoint's ``generation_config`` (extra EOS ids).
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+from types import SimpleNamespace
 
 import torch
 from torch import nn
 from transformer_lens.model_bridge import TransformerBridge
+from transformer_lens.model_bridge.generalized_components import JointQKVAttentionBridge
 
 from lens_pivotal.kv_cache import logit_tolerance, stack_versions
 
@@ -50,6 +59,53 @@ def _plain_config(hf_model: nn.Module) -> object:
     return config
 
 
+def _rebuilt_fused_qkv(attention: JointQKVAttentionBridge) -> dict[str, nn.Parameter]:
+    """The fused q/k/v projection's tensors that differ from the bridge's split q, k and v, rebuilt from those.
+
+    The bridge's split is a rearrangement of the fused entries (architecture-specific: GPT-2 concatenates, GPT-NeoX
+    interleaves per head); running it on the entries' indices tells where each split entry belongs.
+    """
+    fused = _unwrapped(attention.qkv)
+    indices = {
+        name: torch.arange(tensor.numel(), dtype=torch.float64).view(tensor.shape)
+        for name, tensor in fused.named_parameters(recurse=False)
+    }
+    stand_in = SimpleNamespace(**{attention.submodules["qkv"].name: SimpleNamespace(**{"bias": None, **indices})})
+    split = attention.split_qkv_matrix(stand_in)
+    rebuilt = {}
+    for name, index in indices.items():
+        original = getattr(fused, name)
+        flat = torch.empty(index.numel(), dtype=original.dtype, device=original.device)
+        covered = torch.zeros(index.numel(), dtype=torch.bool)
+        for part, projection in zip(split, (attention.q, attention.k, attention.v)):
+            where = getattr(part, name).detach().flatten().long()
+            flat[where.to(original.device)] = getattr(_unwrapped(projection), name).detach().flatten()
+            covered[where] = True
+        if not covered.all():
+            raise UnhookedModelError(f"the split of {type(attention).__name__} is not a rearrangement of its fused {name}")
+        if not torch.equal(flat.view(index.shape), original):  # stale: compatibility mode changed the split copies
+            rebuilt[name] = nn.Parameter(flat.view(index.shape), requires_grad=False)
+    return rebuilt
+
+
+def _rebuilt_tensors(model: TransformerBridge) -> dict[int, dict[str, nn.Parameter]]:
+    """By ``id`` of the stale fused HF module: its tensors rebuilt from the bridge's split q, k and v."""
+    return {
+        id(_unwrapped(module.qkv)): _rebuilt_fused_qkv(module)
+        for module in model.modules()
+        if isinstance(module, JointQKVAttentionBridge)
+    }
+
+
+def _give_unembedding_bias(plain: nn.Module, hf_model: nn.Module) -> None:
+    """The bridge's unembedding bias (a buffer TransformerLens adds to a bias-free HF head, into which compatibility
+    mode folds a final LayerNorm's bias), on the plain model's head, which has none."""
+    head, source = plain.get_output_embeddings(), _unwrapped(hf_model.get_output_embeddings())
+    if head.bias is None and getattr(source, "bias", None) is not None:
+        del head._parameters["bias"]
+        head.register_buffer("bias", source.bias)
+
+
 def is_split(hf_model: nn.Module) -> bool:
     """Whether an accelerate ``device_map`` spread ``hf_model`` over several devices (then only the bridge's own
     modules, with accelerate's hooks, know where each tensor goes)."""
@@ -60,7 +116,8 @@ def unhooked_hf_model(model: TransformerBridge, check: bool = True) -> nn.Module
     """A plain HF model that shares every weight of ``model`` and computes what ``model`` computes, hook-free.
 
     Built on the meta device and then given the bridge's own parameter and buffer tensors, so it costs no
-    memory. With ``check`` (milliseconds), one forward pass on both is compared first.
+    memory (but for a fused q/k/v projection, rebuilt: see the module docstring). With ``check`` (milliseconds),
+    one forward pass on both is compared first.
 
     Raises:
         ValueError: the model is split over several devices (see :func:`is_split`).
@@ -71,14 +128,18 @@ def unhooked_hf_model(model: TransformerBridge, check: bool = True) -> nn.Module
         raise ValueError("the model is split over several devices by a device_map: use model.original_model")
     with torch.device("meta"):
         plain = type(hf_model)(_plain_config(hf_model))
+    rebuilt = _rebuilt_tensors(model)
     tensors = itertools.chain(
         plain.named_parameters(remove_duplicate=False), plain.named_buffers(remove_duplicate=False)
     )
     for name, _ in tensors:
         owner_path, _, attribute = name.rpartition(".")
         owner = plain.get_submodule(owner_path)
-        source = getattr(_hf_submodule(hf_model, owner_path), attribute)
+        source_module = _hf_submodule(hf_model, owner_path)
+        source = rebuilt.get(id(source_module), {}).get(attribute, getattr(source_module, attribute))
         (owner._parameters if attribute in owner._parameters else owner._buffers)[attribute] = source
+    _give_unembedding_bias(plain, hf_model)
+    plain.generation_config = copy.deepcopy(hf_model.generation_config)
     plain.eval()
     if check:
         _check_same_outputs(model, plain)

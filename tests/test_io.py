@@ -1,11 +1,14 @@
-"""Atomic files and directories: a save over an earlier save replaces it whole or is refused, never half-kept."""
+"""Atomic files and directories: a save over an earlier save replaces it whole or is refused, never half-kept; a file
+is on disk before it is renamed into place."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
-from lens_pivotal._io import atomic_cache_dir, atomic_dir
+from lens_pivotal._io import atomic_cache_dir, atomic_dir, atomic_write_text
 from lens_pivotal.lenses import AffineMap
 from lens_pivotal.probes import LayerProbes, ProbeConfig
 from lens_pivotal.steering import SteeringVectors
@@ -83,3 +86,24 @@ def test_saving_over_a_save_is_refused_unless_overwrite_and_then_loads_the_new_o
     assert torch.all(values(load(tmp_path / "saved")) == 1.0)
     make(2.0).save(tmp_path / "saved", overwrite=True)
     assert torch.all(values(load(tmp_path / "saved")) == 2.0)
+
+
+def test_a_file_reaches_the_disk_before_it_is_renamed_into_place_and_the_rename_after(tmp_path, monkeypatch):
+    """The durable-rename recipe: fsync the new file, rename it over the target, fsync the folder."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.fstat(fd).st_ino))
+        real_fsync(fd)
+
+    def replace(source, target) -> None:
+        events.append(("replace", os.stat(source).st_ino))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    atomic_write_text(tmp_path / "a.txt", "text")
+    written, folder = (tmp_path / "a.txt").stat().st_ino, tmp_path.stat().st_ino
+    assert events == [("fsync", written), ("replace", written), ("fsync", folder)]
+    assert (tmp_path / "a.txt").read_text() == "text"

@@ -1,4 +1,5 @@
-"""Pivotal Token Search: bisection, a planted pivot found through the whole search, resume and determinism."""
+"""Pivotal Token Search: bisection, a planted pivot found through the whole search, resume and determinism, and
+rollouts through the hooks attached to the bridge (against a plain HF model edited by hand)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ from types import SimpleNamespace
 from typing import Sequence
 
 import pytest
+import torch
 
 from lens_pivotal.pts.output import progress_path
 from lens_pivotal.pts.problems import Problem
 from lens_pivotal.pts.prompts import PromptFormat
+from lens_pivotal.pts.rollouts import HFRollouts, SamplingConfig, stop_token_ids
 from lens_pivotal.pts.schema import load_pts
 from lens_pivotal.pts.search import bisect_pivots, pick_solutions, search_pivotal_tokens
-from lens_pivotal.testing import qwen3_tokenizer
+from lens_pivotal.testing import edited_block_output, qwen3_tokenizer
 
 TOKENIZER = qwen3_tokenizer()
 EOS = TOKENIZER.eos_token_id
@@ -150,3 +153,41 @@ def test_output_without_progress_record_is_not_appended_to(tmp_path):
     with pytest.raises(ValueError, match="has no progress file someone_elses.progress.jsonl"):
         list(search_pivotal_tokens(fake_model(), [PROBLEM], backend=PlantedPivotBackend(), prompt=PLAIN, out=out, progress=False))
     assert out.read_text() == '{"a": 1}\n'
+
+
+PUSH = 4 * torch.randn(64, generator=torch.Generator().manual_seed(0))  # tiny Qwen3's d_model: an intervention
+
+
+def pushed_bridge(bridge):
+    """``PUSH`` added to block 1's output through the bridge's hook point, as a user steers or ablates."""
+    return bridge.hooks(fwd_hooks=[("blocks.1.hook_resid_post", lambda resid, hook: resid + PUSH)])
+
+
+def pushed_reference(reference):
+    """The same edit on a plain HF model: a torch forward hook on its decoder layer 1."""
+    return edited_block_output(reference, 1, lambda hidden: hidden + PUSH)
+
+
+def test_a_search_with_a_hook_attached_samples_the_hooked_model(family_models):
+    bridge, reference = family_models("qwen3")
+    reference_backend = HFRollouts(reference, stop_token_ids(bridge.tokenizer, reference), SamplingConfig())
+
+    def graded_texts(backend=None) -> list[str]:
+        """Every solution the search's oracle grades, in order: what it sampled."""
+        texts = []
+
+        def oracle(completion: str, answer: str) -> bool:
+            texts.append(completion)
+            return parity_oracle(completion, answer)
+
+        list(search_pivotal_tokens(bridge, TINY_PROBLEMS[:1], oracle=oracle, num_samples=3, max_new_tokens=4,
+                                   min_prob=0.0, max_prob=1.0, solutions_per_problem=1, prompt=PLAIN, backend=backend,
+                                   progress=False))
+        return texts
+
+    with pushed_bridge(bridge):
+        searched = graded_texts()
+    with pushed_reference(reference):
+        expected = graded_texts(reference_backend)
+    assert searched == expected
+    assert graded_texts(reference_backend) != expected  # the edit changes what is sampled

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from lens_pivotal.resid.store import MANIFEST, ResidStore, StoreMismatchError, StoreWriter
 
@@ -150,3 +151,39 @@ def test_opening_something_else_is_a_clear_error(tmp_path):
 def test_shard_texts_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="shard_texts must be at least 1"):
         StoreWriter.open_or_create(tmp_path / "s", manifest=dict(MANIFEST_FIELDS), n_texts=3, shard_texts=0)
+
+
+def cut_short(path, input_hash: str, resid) -> None:
+    """What a crash leaves of a file whose data had not reached the disk."""
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def with_rows_of_two_lengths(path, input_hash: str, resid) -> None:
+    labels = {"text_index": torch.tensor([0, 0]), "position": torch.tensor([0, 4, 1])}
+    save_file({"resid": resid, **labels}, path, metadata={"input_hash": input_hash, "texts": "0:2"})
+
+
+def from_other_inputs(path, input_hash: str, resid) -> None:
+    labels = {"text_index": torch.tensor([0, 0, 1]), "position": torch.tensor([0, 4, 1])}
+    save_file({"resid": resid, **labels}, path, metadata={"input_hash": "c" * 64, "texts": "0:2"})
+
+
+@pytest.mark.parametrize("damage", [cut_short, with_rows_of_two_lengths, from_other_inputs])
+def test_a_damaged_shard_is_not_written_and_a_resumed_writer_computes_it_again(tmp_path, damage):
+    writer, first = write_two_shards(tmp_path / "s")
+    damage(tmp_path / "s" / "shard-00000.safetensors", writer.manifest["input_hash"], first)
+    resumed = StoreWriter.open_or_create(tmp_path / "s", manifest=dict(MANIFEST_FIELDS), n_texts=3, shard_texts=2)
+    assert not writer.is_written(0) and not resumed.is_written(0)
+    resumed.write_shard(0, first, torch.tensor([0, 0, 1]), torch.tensor([0, 4, 1]))
+    resumed.write_shard(1, -torch.ones(2, 1, 2), torch.tensor([2]), torch.tensor([7]))
+    assert resumed.is_written(0) and resumed.is_written(1)
+    torch.testing.assert_close(resumed.finish().load(), torch.cat([first, -torch.ones(2, 1, 2)], dim=1), atol=0, rtol=0)
+
+
+def test_finishing_with_a_cut_short_shard_names_it(tmp_path):
+    writer, _ = write_two_shards(tmp_path / "s")
+    writer.write_shard(1, -torch.ones(2, 1, 2), torch.tensor([2]), torch.tensor([7]))
+    path = tmp_path / "s" / "shard-00001.safetensors"
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(ValueError, match="shard-00001.safetensors is not a whole safetensors file"):
+        writer.finish()

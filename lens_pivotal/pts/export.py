@@ -4,6 +4,7 @@ residual vector per pivot for tools that cluster steering directions.
 A DPO pair needs a token to set against the pivot. For a positive pivot (it raised P(success)) the rejected token is
 an alternative next token whose P(success), estimated by our own rollouts from the same context, is lower than the
 pivot's by at least the threshold; for a negative pivot the chosen token is an alternative that is better by as much.
+Each rollout is graded as the search grades it: the whole answer (every token after the prompt) goes to the oracle.
 Rows where no candidate is measured to qualify are left out and counted, never guessed.
 """
 
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 
 from lens_pivotal.model import resid_post_hook
 from lens_pivotal.pts.problems import Problem, numeric_oracle
+from lens_pivotal.pts.prompts import PROMPT_PRESETS, PromptFormat, prompt_token_ids
 from lens_pivotal.pts.rollouts import RolloutBackend
 from lens_pivotal.pts.schema import PivotalToken
 from lens_pivotal.pts.search import derive_seed, graded_rollouts
@@ -58,12 +60,18 @@ def dpo_pairs(
     *,
     oracle: Callable[[str, str], bool] = numeric_oracle,
     search: CounterpartSearch = CounterpartSearch(),
+    prompt: PromptFormat | None = None,
     progress: bool = True,
 ) -> DpoExport:
     """``{"prompt", "chosen", "rejected", "metadata"}`` pairs for the rows whose counterpart is measured.
 
-    ``problems`` give each row's reference answer (matched by ``dataset_id`` and ``dataset_item_id``); ``backend``
-    samples continuations (``lens_pivotal.pts.search.hf_backend(model, sampling)``).
+    ``problems`` give each row's question and reference answer (matched by ``dataset_id`` and ``dataset_item_id``);
+    ``backend`` samples continuations (``lens_pivotal.pts.search.hf_backend(model, sampling)``, which samples through
+    the hooks attached to the bridge while any are). ``prompt`` is the format the rows were searched with (a search's
+    ``.progress.jsonl`` records it: ``PromptFormat.from_dict(settings["prompt"])``): the answer, which the oracle
+    grades whole, starts where the question's prompt ends in ``pivot_context``. By default it is the longest of the
+    named formats (:data:`~lens_pivotal.pts.prompts.PROMPT_PRESETS`) that ``pivot_context`` starts with; a row that
+    starts with no such prompt is left out.
     """
     answers = {(problem.dataset_id, problem.item_id): problem for problem in problems}
     export = DpoExport([])
@@ -72,7 +80,7 @@ def dpo_pairs(
         if problem is None:
             export.reasons[index] = f"no problem {row.dataset_id}#{row.dataset_item_id} among the {len(problems)} given"
             continue
-        pair = _pair(model, row, problem, backend, oracle, search)
+        pair = _pair(model, row, problem, backend, oracle, search, prompt)
         if isinstance(pair, str):
             export.reasons[index] = pair
         else:
@@ -81,16 +89,21 @@ def dpo_pairs(
 
 
 def _pair(model: Any, row: PivotalToken, problem: Problem, backend: RolloutBackend, oracle: Callable[[str, str], bool],
-          search: CounterpartSearch) -> dict[str, Any] | str:  # fmt: skip
+          search: CounterpartSearch, prompt: PromptFormat | None) -> dict[str, Any] | str:  # fmt: skip
     """The row's pair, or why there is none."""
     context = string_ids(model, row.pivot_context)
     if row.position is not None and len(context) != row.position:
         return f"pivot_context re-tokenizes to {len(context)} tokens, not the recorded position {row.position}"
+    prompt_ids = _prompt_ids(own_tokenizer(model), problem.question, context, prompt)
+    if prompt_ids is None:
+        formats = "the prompt format given" if prompt else f"any of the named formats {sorted(PROMPT_PRESETS)}"
+        return f"pivot_context does not start with the question's prompt in {formats}: pass the search's prompt="
     with torch.no_grad():
         logits = model(torch.tensor([context]))[0, -1]
     order = [int(token) for token in logits.topk(search.candidates + 1).indices if int(token) != row.pivot_token_id]
-    measured = {token: _success(model, backend, oracle, problem, context, token, search) for token in order[: search.candidates]}
-    pivot = _success(model, backend, oracle, problem, context, row.pivot_token_id, search)
+    answer = _AnswerSoFar(problem, prompt_ids, context[len(prompt_ids) :])
+    measured = {token: _success(model, backend, oracle, answer, token, search) for token in order[: search.candidates]}
+    pivot = _success(model, backend, oracle, answer, row.pivot_token_id, search)
     if row.prob_delta > 0:
         counterpart = min(measured, key=measured.get)
         chosen, rejected, qualifies = row.pivot_token_id, counterpart, pivot - measured[counterpart] >= search.prob_threshold
@@ -111,12 +124,31 @@ def _pair(model: Any, row: PivotalToken, problem: Problem, backend: RolloutBacke
     }  # fmt: skip
 
 
-def _success(model: Any, backend: RolloutBackend, oracle: Callable[[str, str], bool], problem: Problem,
-             context: list[int], token: int, search: CounterpartSearch) -> float:  # fmt: skip
-    """P(success | context + token): the solved fraction of rollouts, graded on the answer from ``token`` on."""
-    prefix = context + [token]
-    _, solved = graded_rollouts(backend, own_tokenizer(model), oracle, problem.answer, prefix, [token], search.num_samples,
-                                search.max_new_tokens, derive_seed(search.seed, problem, prefix))
+def _prompt_ids(tokenizer: Any, question: str, context: list[int], prompt: PromptFormat | None) -> list[int] | None:
+    """The prompt ``context`` starts with: ``prompt``'s for the question, or the longest of the named formats'."""
+    formats = [prompt] if prompt else list(PROMPT_PRESETS.values())
+    candidates = [prompt_token_ids(tokenizer, question, format_) for format_ in formats]
+    matching = [ids for ids in candidates if context[: len(ids)] == ids]
+    return max(matching, key=len, default=None)
+
+
+@dataclass(frozen=True)
+class _AnswerSoFar:
+    """A row's problem, its prompt, and the answer before the pivot (the tokens after the prompt)."""
+
+    problem: Problem
+    prompt_ids: list[int]
+    before_pivot: list[int]
+
+
+def _success(model: Any, backend: RolloutBackend, oracle: Callable[[str, str], bool], answer: _AnswerSoFar, token: int,
+             search: CounterpartSearch) -> float:  # fmt: skip
+    """P(success | answer so far + token): the solved fraction of rollouts, each graded on the whole answer."""
+    graded = answer.before_pivot + [token]
+    context = answer.prompt_ids + graded
+    seed = derive_seed(search.seed, answer.problem, context)
+    _, solved = graded_rollouts(backend, own_tokenizer(model), oracle, answer.problem.answer, context, graded,
+                                search.num_samples, search.max_new_tokens, seed)
     return sum(solved) / len(solved)
 
 

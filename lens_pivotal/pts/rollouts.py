@@ -1,8 +1,9 @@
 """Batched, KV-cached sampling of many continuations of one token prefix: the cost centre of PTS.
 
 :class:`HFRollouts` runs the prefix through the model once, repeats its KV cache over the samples and decodes
-them together, dropping each sample from the batch as soon as it emits a stop token. :class:`VLLMRollouts`
-does the same through vLLM when it is installed (never imported otherwise).
+them together, dropping each sample from the batch as soon as it emits a stop token; :class:`BridgeRollouts` does so
+on a TransformerLens bridge, through whichever HF model computes what the bridge computes now (its hooks included).
+:class:`VLLMRollouts` does the same through vLLM when it is installed (never imported otherwise).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any, Protocol, Sequence
 import torch
 from torch import Tensor
 
+from lens_pivotal.hook_points import attached_hook_points
 from lens_pivotal.kv_cache import repeated_cache
+from lens_pivotal.unhooked import is_split, unhooked_hf_model
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,10 @@ class HFRollouts:
         self.sampling = sampling
         self.device = next(hf_model.parameters()).device
 
+    def sampling_model(self) -> Any:
+        """The HF model the next :meth:`sample` runs on."""
+        return self.hf_model
+
     @torch.inference_mode()
     def sample(self, context: Sequence[int], num_samples: int, max_new_tokens: int, seed: int) -> list[list[int]]:
         """See :meth:`RolloutBackend.sample`."""
@@ -84,10 +91,11 @@ class HFRollouts:
             raise ValueError("cannot sample from an empty context")
         if max_new_tokens <= 0 or num_samples <= 0:
             return [[] for _ in range(max(num_samples, 0))]
+        hf_model = self.sampling_model()
         generator = torch.Generator(self.device).manual_seed(seed)
         stop_ids = self.stop_ids.to(self.device)
         prompt = torch.tensor([list(context)], device=self.device)
-        output = self.hf_model(prompt, use_cache=True, logits_to_keep=1)
+        output = hf_model(prompt, use_cache=True, logits_to_keep=1)
         cache = repeated_cache(output.past_key_values, num_samples)
         logits = output.logits[:, -1].expand(num_samples, -1)
         alive = torch.arange(num_samples, device=self.device)
@@ -101,8 +109,36 @@ class HFRollouts:
             if not running.all():
                 alive, tokens = alive[running], tokens[running]
                 cache.batch_select_indices(running.nonzero().squeeze(-1))
-            logits = self.hf_model(tokens[:, None], past_key_values=cache, use_cache=True).logits[:, -1]
+            logits = hf_model(tokens[:, None], past_key_values=cache, use_cache=True).logits[:, -1]
         return _collect(steps, num_samples)
+
+
+class BridgeRollouts(HFRollouts):
+    """:class:`HFRollouts` on a TransformerLens bridge, sampling what the bridge computes at the time of each call.
+
+    While no hook is attached to the bridge's hook points, samples come from
+    :func:`~lens_pivotal.unhooked.unhooked_hf_model` (the same weights without hook points, with fused attention:
+    faster), built at the first such call; while any is attached (``model.hooks(...)``, ``add_hook``: a steering
+    vector, an ablation) they come from ``model.original_model``, whose hook points fire at every step, so the hooks
+    act on every sampled token. With ``hooks=True``, or on a model a device map split over devices
+    (:func:`~lens_pivotal.unhooked.is_split`), always from the latter. Stop tokens are the tokenizer's EOS and the
+    checkpoint's ``generation_config`` EOS ids.
+    """
+
+    def __init__(self, model: Any, sampling: SamplingConfig = SamplingConfig(), hooks: bool = False) -> None:
+        super().__init__(model.original_model, stop_token_ids(model.tokenizer, model.original_model), sampling)
+        self.bridge = model
+        self.always_hooked = hooks or is_split(model.original_model)
+        self._unhooked: Any = None
+
+    def sampling_model(self) -> Any:
+        """``model.original_model`` while hooks are attached to the bridge (or always, see above), else the unhooked
+        model."""
+        if self.always_hooked or attached_hook_points(self.bridge):
+            return self.hf_model
+        if self._unhooked is None:
+            self._unhooked = unhooked_hf_model(self.bridge)
+        return self._unhooked
 
 
 def _collect(steps: list[tuple[Tensor, Tensor]], num_samples: int) -> list[list[int]]:

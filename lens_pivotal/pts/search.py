@@ -18,14 +18,13 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from lens_pivotal.distributed import barrier, on_rank_zero, shard, world
+from lens_pivotal.distributed import all_ranks, map_in_step, on_rank_zero, shard, world
 from lens_pivotal.pts.output import ProblemKey, ResumableOutput, finished_problems, merge_parts, part_path
 from lens_pivotal.pts.problems import Oracle, Problem, numeric_oracle
 from lens_pivotal.pts.prompts import PromptFormat, prompt_token_ids
-from lens_pivotal.pts.rollouts import HFRollouts, RolloutBackend, SamplingConfig, stop_token_ids
+from lens_pivotal.pts.rollouts import BridgeRollouts, HFRollouts, RolloutBackend, SamplingConfig, stop_token_ids
 from lens_pivotal.pts.schema import PivotalToken
 from lens_pivotal.tokens import own_tokenizer
-from lens_pivotal.unhooked import is_split, unhooked_hf_model
 
 Prefix = tuple[int, ...]
 
@@ -209,15 +208,15 @@ class ProblemSearch:
 def hf_backend(model: Any, sampling: SamplingConfig, hooks: bool = False) -> HFRollouts:
     """Batched KV-cached rollouts on a TransformerLens bridge (or on an HF causal LM itself).
 
-    With ``hooks=False`` a bridge samples through :func:`~lens_pivotal.unhooked.unhooked_hf_model` (same weights,
-    no hook points, fused attention: faster) unless a device map split it over GPUs; ``hooks=True`` samples
-    through ``model.original_model``, so hooks added with ``model.hooks(...)`` fire at every step (steering).
+    A bridge gets :class:`~lens_pivotal.pts.rollouts.BridgeRollouts`: while hooks are attached to it (a steering hook,
+    an ablation, added with ``model.hooks(...)`` before or after this call) they act on every sampled token;
+    otherwise it samples through :func:`~lens_pivotal.unhooked.unhooked_hf_model` (same weights, no hook points,
+    fused attention: faster) unless a device map split it over GPUs. ``hooks=True`` always samples through
+    ``model.original_model``, so that runs with and without hooks share its numerics (steering evaluation).
     """
     if not hasattr(model, "original_model"):
-        hf_model = model
-    else:
-        hf_model = model.original_model if hooks or is_split(model.original_model) else unhooked_hf_model(model)
-    return HFRollouts(hf_model, stop_token_ids(model.tokenizer, hf_model), sampling)
+        return HFRollouts(model, stop_token_ids(model.tokenizer, model), sampling)
+    return BridgeRollouts(model, sampling, hooks)
 
 
 def search_pivotal_tokens(
@@ -245,13 +244,16 @@ def search_pivotal_tokens(
 
     Args:
         model: a TransformerLens ``TransformerBridge`` (``load_model``/``embedded_model``): its tokenizer formats
-            prompts and, unless ``backend`` is given, its HF model (``model.original_model``) samples rollouts.
+            prompts and, unless ``backend`` is given, its HF model samples rollouts (:func:`hf_backend`): while hooks
+            are attached to the bridge (``with model.hooks(...)`` around the search: a steering vector, an ablation),
+            through them, so the rows are the hooked model's; otherwise through the faster unhooked copy.
         problems: e.g. :func:`arithmetic_problems`, :func:`gsm8k_problems` or :func:`load_problems_jsonl`.
-        oracle: ``oracle(completion, answer) -> bool``; the default compares the final number.
+        oracle: ``oracle(completion, answer) -> bool``, given the whole decoded answer; the default compares the
+            final number.
         num_samples ... seed, solutions_per_problem: see :class:`SearchConfig`.
         prompt: how questions are presented; default: the question alone, in the chat template if the tokenizer
             has one.
-        backend: the rollout sampler; default :class:`HFRollouts` on the model (pass :class:`VLLMRollouts` for
+        backend: the rollout sampler; default :func:`hf_backend` on the model (pass :class:`VLLMRollouts` for
             vLLM). It must sample with the same temperature/top-p/top-k.
         model_id: the rows' ``model_id``; default ``model.cfg.model_name``.
         out: a JSONL path: rows are appended per finished problem, and rerunning with the same settings skips the
@@ -259,7 +261,10 @@ def search_pivotal_tokens(
             group, call this on every rank with the same arguments: problems are dealt out round-robin, each rank
             writes ``name.part-RANK-of-N.jsonl`` (resumable on its own), and once every rank is done rank 0 merges
             the parts into ``out``, equal to a one-process run. Parts left by an interrupted run, with any
-            number of processes, are merged in first. (Without ``out`` every rank searches every problem.)
+            number of processes, are merged in first. The ranks meet after every problem, and a caller that
+            stopped reading early would leave the others waiting there, so the whole search runs inside this call,
+            which then returns an iterator over this rank's new rows. A failure on any rank is raised on every rank,
+            naming that rank. (Without ``out`` every rank searches every problem, lazily.)
         progress: show a tqdm bar over problems.
 
     The same seed gives the same rows (timestamps aside), however the run is split by interruptions.
@@ -273,23 +278,50 @@ def search_pivotal_tokens(
         stop_ids=stop_token_ids(tokenizer, getattr(model, "original_model", None)),
     )
     problems = list(problems)
+    if out is not None and world()[1] > 1:
+        return iter(_search_on_every_rank(search, problems, out, progress))
+    return _search_here(search, problems, out, progress)
+
+
+def _search_here(
+    search: ProblemSearch, problems: list[Problem], out: str | os.PathLike | None, progress: bool
+) -> Iterator[PivotalToken]:
+    """The search in this process alone, each problem's rows yielded (and, with ``out``, recorded) once it is done."""
     if out is None:
         yield from _search(search, problems, None, set(), progress)
         return
-    settings, order = search.settings(), [(problem.dataset_id, problem.item_id) for problem in problems]
-    merged = on_rank_zero(lambda: merge_parts(out, settings, order))  # the parts of an interrupted multi-process run
-    barrier()
+    settings, order = search.settings(), _problem_keys(problems)
+    merged = merge_parts(out, settings, order)  # the parts of an interrupted multi-process run
+    yield from _search(search, problems, ResumableOutput.open(out, settings), set(), progress)
+    if merged:  # problems the parts lacked were appended after them
+        merge_parts(out, settings, order, reorder=True)
+
+
+def _search_on_every_rank(
+    search: ProblemSearch, problems: list[Problem], out: str | os.PathLike, progress: bool
+) -> list[PivotalToken]:
+    """This rank's share of the search, written to its part of ``out``; rank 0 merges the parts before and after.
+    The ranks meet after every problem (:func:`~lens_pivotal.distributed.map_in_step`)."""
     rank, size = world()
-    if size == 1:
-        yield from _search(search, problems, ResumableOutput.open(out, settings), set(), progress)
-        if merged:  # problems the parts lacked were appended after them
-            merge_parts(out, settings, order, reorder=True)
-        return
-    own_part = ResumableOutput.open(part_path(out, rank, size), settings)
-    yield from _search(search, shard(problems), own_part, finished_problems(out, settings), progress)
-    barrier()
+    settings, order = search.settings(), _problem_keys(problems)
     on_rank_zero(lambda: merge_parts(out, settings, order))
-    barrier()
+    own_part, done = all_ranks(
+        lambda: (ResumableOutput.open(part_path(out, rank, size), settings), finished_problems(out, settings))
+    )
+    with tqdm(total=len(shard(problems)), desc="PTS problems", unit="problem", disable=not progress) as bar:
+
+        def search_problem(problem: Problem) -> list[PivotalToken]:
+            rows = list(_search(search, [problem], own_part, done, progress=False))
+            bar.update()
+            return rows
+
+        found = map_in_step(search_problem, problems)
+    on_rank_zero(lambda: merge_parts(out, settings, order))
+    return [row for rows in found for row in rows]
+
+
+def _problem_keys(problems: list[Problem]) -> list[ProblemKey]:
+    return [(problem.dataset_id, problem.item_id) for problem in problems]
 
 
 def _search(

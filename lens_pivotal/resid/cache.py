@@ -5,6 +5,11 @@ Hugging Face ``hidden_states[l + 1]`` for every block but the last (HF returns t
 norm; we return the block's own output). With ``embeddings=True`` the embedding stream
 (``blocks.0.hook_resid_pre`` = HF ``hidden_states[0]``) comes first, so that index ``k`` of the result is
 HF's state ``k``: the 29-state layout the Algoverse probing project used for Qwen3-0.6B, where its "layer 14" is our block 13.
+
+That holds for RMSNorm models. For LayerNorm models (GPT-2, GPT-NeoX) in compatibility mode, ``resid_post`` at block
+``l`` equals HF ``hidden_states[l + 1]`` minus its mean over d_model: the writing weights are centred, and LayerNorm is
+blind to that mean, so every later computation and the logits are unchanged. With ``compat=False`` the bridge's stream
+equals HF's itself.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import DynamicCache
 
-from lens_pivotal.distributed import barrier, on_rank_zero, world
+from lens_pivotal.distributed import all_ranks, map_in_step, on_rank_zero, world
 from lens_pivotal.distributed import shard as distributed_shard
 from lens_pivotal.fingerprint import weights_fingerprint
+from lens_pivotal.hook_points import attached_hook_points
 from lens_pivotal.indices import resolve_index
 from lens_pivotal.kv_cache import repeated_cache
 from lens_pivotal.model import EMBEDDING_HOOK, StopForward, resid_post_hook
@@ -159,7 +165,11 @@ def _write_store(
     shard_texts: int,
     overwrite: bool,
 ) -> ResidStore:
-    """Compute this rank's missing shards into the store (all shards without a process group), then finish it."""
+    """Compute this rank's missing shards into the store (all shards without a process group), then finish it.
+
+    Under a process group the ranks meet after every shard (:func:`~lens_pivotal.distributed.map_in_step`): a
+    failure on one rank is raised on every rank once the shards in progress are done.
+    """
 
     def open_writer(overwrite: bool) -> StoreWriter:
         return StoreWriter.open_or_create(
@@ -167,18 +177,23 @@ def _write_store(
         )
 
     # rank 0 creates (or replaces) the store before any other rank opens it; they must not discard it again
-    writer = on_rank_zero(lambda: open_writer(overwrite)) or open_writer(False)
-    mine = distributed_shard(list(enumerate(writer.ranges())))
+    created = on_rank_zero(lambda: open_writer(overwrite))
+    writer = all_ranks(lambda: created or open_writer(False))
+    shards = list(enumerate(writer.ranges()))
+    mine = distributed_shard(shards)
+    written = all_ranks(lambda: {shard for shard, _ in mine if writer.is_written(shard)})
     single = world()[1] == 1
-    done = sum(len(texts) for shard, texts in mine if writer.is_written(shard))
+    done = sum(len(texts) for shard, texts in mine if shard in written)
     with _progress_bar(sum(len(texts) for _, texts in mine), progress, initial=done) as bar:
-        for shard, texts in mine:
-            if not writer.is_written(shard):
+
+        def write(item: tuple[int, range]) -> None:
+            shard, texts = item
+            if shard not in written:
                 acts = run.chunk(rows, texts, batch_size, bar.update)
                 writer.write_shard(shard, acts, *_row_labels(rows, texts), record=single)
-    barrier()
+
+        map_in_step(write, shards)
     on_rank_zero(writer.finish)
-    barrier()
     return ResidStore(writer.directory)
 
 
@@ -268,17 +283,11 @@ def _store_key(model: TransformerBridge, layout: Layout, dtype: torch.dtype, row
         "compatibility_mode": bool(model.compatibility_mode),
         "parameter_dtypes": sorted({_dtype_name(parameter.dtype) for parameter in model.parameters()}),
         "activation_dtype": _dtype_name(dtype),
-        "hooks_attached": _hooked_points(model),
+        "hooks_attached": attached_hook_points(model),
         "hooks_read": layout.hook_names,
         "tokens_and_positions": _inputs_hash(rows),
         "versions": {name: _version(name) for name in KEYED_LIBRARIES},
     }
-
-
-def _hooked_points(model: TransformerBridge) -> list[str]:
-    """Every name (aliases too) of the hook points with forward hooks attached: a user's hook can change every later
-    block's output."""
-    return sorted(name for name, point in model.hook_dict.items() if point._forward_hooks or point._forward_pre_hooks)
 
 
 def _inputs_hash(rows: Rows) -> str:

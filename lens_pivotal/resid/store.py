@@ -2,10 +2,11 @@
 
 Each shard holds the rows of a contiguous range of texts: ``resid`` ``[n_layers, rows, d_model]``,
 ``text_index`` and ``position`` ``[rows]``. A shard is written to a temporary file and renamed (so it is
-there whole or not at all), then the manifest is rewritten the same way, so an interrupted run loses at most
-the shards in flight and a rerun computes only the shards whose files are missing: no row is lost or written
-twice. Several processes can write one store (one shard each at a time, see
-:func:`lens_pivotal.cache_resid_post` under ``torchrun``); the manifest lists them all once finished.
+there whole or not at all, and flushed to disk first), then the manifest is rewritten the same way, so an
+interrupted run loses at most the shards in flight and a rerun computes only the shards whose files are missing or
+not whole (cut short by a crash, or made from other inputs): no row is lost or written twice. Several processes can
+write one store (one shard each at a time, see :func:`lens_pivotal.cache_resid_post` under ``torchrun``); the
+manifest lists them all once finished.
 
 The manifest's ``key`` records everything the rows depend on, one named component each (the model's weights
 fingerprint, the texts' tokens, ...); a writer reopens a store only when every component matches, and its error
@@ -22,7 +23,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -142,9 +143,9 @@ class ResidStore:
 class StoreWriter:
     """Writes shards for a store and keeps its manifest current, resuming where a previous run stopped.
 
-    Shard ``k`` holds texts ``[k * shard_texts, (k + 1) * shard_texts)`` and is done once its file exists (files
-    are renamed into place whole), so processes can write disjoint shards of one store side by side; the
-    manifest lists every shard once :meth:`finish` has checked them all.
+    Shard ``k`` holds texts ``[k * shard_texts, (k + 1) * shard_texts)`` and is done once its file is in place and
+    whole (:meth:`is_written`), so processes can write disjoint shards of one store side by side; the manifest lists
+    every shard once :meth:`finish` has checked them all.
     """
 
     def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:
@@ -201,8 +202,13 @@ class StoreWriter:
         return [range(start, min(start + step, total)) for start in range(0, total, step)]
 
     def is_written(self, shard: int) -> bool:
-        """Whether shard ``shard``'s file is in place."""
-        return (self.directory / _shard_file(shard)).is_file()
+        """Whether shard ``shard``'s file is in place, whole and made from these inputs: a file cut short (a crash
+        before the data reached the disk) or written for other inputs is not, and the shard is computed again."""
+        try:
+            self._written_rows(shard)
+        except (FileNotFoundError, ValueError):  # StoreMismatchError is a ValueError
+            return False
+        return True
 
     def write_shard(
         self, shard: int, resid: Tensor, text_index: Tensor, position: Tensor, *, record: bool = True
@@ -210,9 +216,8 @@ class StoreWriter:
         """Write one shard atomically; with ``record`` (one writing process), also list it in the manifest."""
         texts = self.ranges()[shard]
         tensors = {"resid": resid.contiguous(), "text_index": text_index, "position": position}
-        metadata = {"input_hash": self.manifest["input_hash"], "texts": f"{texts.start}:{texts.stop}"}
         with atomic_file(self.directory / _shard_file(shard)) as scratch:
-            save_file(tensors, scratch, metadata=metadata)
+            save_file(tensors, scratch, metadata=self._shard_metadata(texts))
         if record:
             listed = [entry for entry in self.manifest["shards"] if entry["file"] != _shard_file(shard)]
             self.manifest["shards"] = [*listed, _shard_entry(shard, texts, resid.shape[1])]
@@ -222,23 +227,39 @@ class StoreWriter:
         """List every shard in the manifest (checking that each is in place and was made from these inputs),
         mark the store complete and open it for reading."""
         if not self.complete:
-            self.manifest["shards"] = [self._checked_entry(shard, texts) for shard, texts in enumerate(self.ranges())]
+            self.manifest["shards"] = [
+                _shard_entry(shard, texts, self._written_rows(shard)) for shard, texts in enumerate(self.ranges())
+            ]
             self.manifest["complete"] = True
             self._save_manifest()
         return ResidStore(self.directory)
 
-    def _checked_entry(self, shard: int, texts: range) -> dict[str, Any]:
-        path = self.directory / _shard_file(shard)
+    def _written_rows(self, shard: int) -> int:
+        """The rows in shard ``shard``'s file, checked to be whole and made from these inputs.
+
+        Raises:
+            FileNotFoundError: the file is missing.
+            StoreMismatchError: it was written for other inputs or texts.
+            ValueError: it is not a whole shard (cut short, or its tensors' shapes are not a shard's).
+        """
+        path, texts = self.directory / _shard_file(shard), self.ranges()[shard]
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: shard {shard} (texts {texts.start}-{texts.stop - 1}) was never written")
-        with safe_open(path, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            rows = handle.get_slice("text_index").get_shape()[0]
-        expected = {"input_hash": self.manifest["input_hash"], "texts": f"{texts.start}:{texts.stop}"}
+        metadata, shapes = _shard_header(path)
+        expected = self._shard_metadata(texts)
         # shards written by earlier versions carry no metadata
         if metadata and any(metadata.get(key) != value for key, value in expected.items()):
             raise StoreMismatchError(f"{path} was written for other inputs or texts ({metadata}); expected {expected}")
-        return _shard_entry(shard, texts, rows)
+        rows = next(iter(shapes.get("text_index", [])), -1)
+        n_hooks, d_model = len(self.manifest["hook_names"]), self.manifest["d_model"]
+        whole = {"resid": [n_hooks, rows, d_model], "text_index": [rows], "position": [rows]}
+        if shapes != whole:
+            raise ValueError(f"{path} holds tensors of shapes {shapes}, not a shard's {whole}")
+        return rows
+
+    def _shard_metadata(self, texts: range) -> dict[str, str]:
+        """What every shard file records of its inputs: the store's ``input_hash`` and its texts."""
+        return {"input_hash": self.manifest["input_hash"], "texts": f"{texts.start}:{texts.stop}"}
 
     def _save_manifest(self) -> None:
         atomic_write_text(self.directory / MANIFEST, json.dumps(self.manifest, indent=1))
@@ -287,6 +308,15 @@ def _discard_store(directory: Path, previous: dict[str, Any]) -> None:
         for path in directory.glob(pattern):
             path.unlink()
     (directory / MANIFEST).unlink()
+
+
+def _shard_header(path: Path) -> tuple[dict[str, str], dict[str, list[int]]]:
+    """A shard file's metadata and the shape of each tensor; ``ValueError`` if it is not a whole safetensors file."""
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return handle.metadata() or {}, {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a whole safetensors file (cut short by a crash?): {error}") from None
 
 
 def _shard_file(shard: int) -> str:
