@@ -1,5 +1,6 @@
-"""Head attributions: the parts sum to the target, the target equals the plain Hugging Face model's own value, and one
-head's direct effect equals its slice of ``o_proj`` in plain Hugging Face."""
+"""Head attributions: the parts sum to the target, the target equals the plain Hugging Face model's own value (in our
+convention: a LayerNorm model's stream is centred), and one head's direct effect equals its slice of ``o_proj`` in plain
+Hugging Face."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import torch
 
 import lens_pivotal as lp
 
-from conftest import FAMILIES, hf_token_ids
+from conftest import LAYERNORM_FAMILIES, family_params, hf_resid_states, hf_token_ids
 from test_attributions_token_attribution import random_probes
 
-ARCHS = [pytest.param(arch, marks=pytest.mark.slow) if arch == "embedded" else arch for arch in FAMILIES]
+ARCHS = family_params()
 TEXT = "Sam has 12 apples and buys 7 more, so now Sam has"
 POSITION = 8
 
@@ -47,25 +48,32 @@ def test_probe_and_direction_parts_sum_to_the_target(family_models, arch):
     probes = random_probes(model, seed=3)
     ids = hf_token_ids(reference, TEXT)
     probe = lp.head_attributions(model, TEXT, target=probes, layer=1, position=POSITION)
-    hidden = hf_hidden(reference, ids).hidden_states[2][0, POSITION].double()
+    states = hf_resid_states(reference, ids)
+    hidden = states[2][0, POSITION].double()
     expected = float(((hidden - probes.mean[1]) / probes.scale[1]) @ probes.weight[1].double() + probes.bias[1])
     assert probe.target_value == pytest.approx(expected, rel=1e-4, abs=1e-3)  # the probe's arithmetic, by hand
     assert_parts_sum(probe)
     assert probe.heads.shape[0] == 2  # blocks 0 and 1 write the residual stream probe 1 reads
     direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(2))
     projected = lp.head_attributions(model, TEXT, target=("blocks.0.hook_resid_post", direction), position=POSITION)
-    expected = float(hf_hidden(reference, ids).hidden_states[1][0, POSITION] @ direction)
+    expected = float(states[1][0, POSITION] @ direction)
     assert projected.target_value == pytest.approx(expected, rel=1e-4, abs=1e-3)
     assert_parts_sum(projected)
 
 
-def test_logit_lens_target_parts_sum_to_the_hf_logit_lens(family_models):
-    model, reference = family_models("qwen3")
+def hf_final_norm(reference) -> torch.nn.Module:
+    backbone = reference.base_model
+    return next(getattr(backbone, name) for name in ("norm", "ln_f", "final_layer_norm") if hasattr(backbone, name))
+
+
+@pytest.mark.parametrize("arch", ["qwen3", *LAYERNORM_FAMILIES])
+def test_logit_lens_target_parts_sum_to_the_hf_logit_lens(family_models, arch):
+    model, reference = family_models(arch)
     ids = hf_token_ids(reference, TEXT)
     attribution = lp.head_attributions(model, TEXT, target=77, layer=0, position=POSITION)
     with torch.no_grad():
-        state = hf_hidden(reference, ids).hidden_states[1][:, POSITION]
-        logits = reference.lm_head(reference.model.norm(state))[0]
+        state = hf_hidden(reference, ids).hidden_states[1][:, POSITION]  # HF's own: the final norm is blind to its mean
+        logits = reference.get_output_embeddings()(hf_final_norm(reference)(state))[0]
         expected = float(logits[77] - logits.mean())
     assert attribution.target_value == pytest.approx(expected, abs=1e-4)
     assert_parts_sum(attribution)
@@ -108,3 +116,26 @@ def test_a_target_not_linear_in_the_residual_stream_is_refused(tiny_qwen3_model)
         lp.head_attributions(tiny_qwen3_model, TEXT, target=("blocks.0.attn.hook_z", torch.ones(width)))
     with pytest.raises(IndexError, match="position 99 is out of range"):
         lp.head_attributions(tiny_qwen3_model, TEXT, target=5, position=99)
+
+
+def test_a_target_at_resid_mid_holds_that_blocks_attention_and_its_parts_add_up(family_models, monkeypatch):
+    model, reference = family_models("qwen3")
+    ids = hf_token_ids(reference, TEXT)
+    direction = torch.nn.functional.normalize(torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(3)), dim=0)
+    attention = {}
+    handle = reference.model.layers[1].self_attn.register_forward_hook(
+        lambda module, inputs, output: attention.__setitem__("out", output[0]))
+    try:
+        before = hf_hidden(reference, ids).hidden_states[1][0, POSITION]
+    finally:
+        handle.remove()
+    by_hand = float((before + attention["out"][0, POSITION]) @ direction)  # block 1's input plus its attention, in HF
+    attribution = lp.head_attributions(model, ids[0], target=("blocks.1.hook_resid_mid", direction), position=POSITION)
+    assert attribution.target_value == pytest.approx(by_hand, abs=1e-4)
+    assert attribution.heads.shape[0] == 2 and attribution.mlp.shape == (1,)
+    assert_parts_sum(attribution)
+    import lens_pivotal.attributions.heads as heads_module
+
+    monkeypatch.setattr(heads_module, "_reading_point", lambda hook_name: (1, False))  # leave block 1's attention out
+    with pytest.raises(RuntimeError, match="add up to"):
+        lp.head_attributions(model, ids[0], target=("blocks.1.hook_resid_mid", direction), position=POSITION)
