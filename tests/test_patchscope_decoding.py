@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILIES, hf_token_ids
+from conftest import family_params, hf_resid_states, hf_token_ids
 
 import lens_pivotal as lp
 from lens_pivotal.patchscope import (
@@ -15,38 +15,35 @@ from lens_pivotal.patchscope import (
     Patchscope,
     decode_positions,
     next_token_decoding,
-    patch_hook,
     random_identity_prompts,
     relation_prompts,
 )
-from lens_pivotal.testing import tiny_qwen_dir
+from lens_pivotal.testing import reference_logits, tiny_qwen_dir
 
 PROMPTS = relation_prompts(7, seed=1)
 
 
 def full_forward_reference(model, reference, prompts):
-    """The PatchScope reimplementation's method, written independently: per layer, a full forward of the identity prompt per prompt,
-    compared with the model's own full-forward output at the source position."""
+    """The PatchScope method written independently on plain HF: per layer and prompt, a full forward of the identity
+    prompt with its last block output replaced by the prompt's own (in our convention), compared with the prompt's
+    own next-token distribution."""
     target = hf_token_ids(reference, IDENTITY_PROMPT)
-    tops, hits, surprisals = [], [], []
-    for layer in range(model.cfg.n_layers):
-        layer_tops, layer_hits, layer_surprisals = [], [], []
-        for prompt in prompts:
-            tokens = hf_token_ids(reference, prompt)
-            own_logits, cache = model.run_with_cache(tokens, names_filter=lp.resid_post_hook(layer))
-            own = torch.log_softmax(own_logits[0, -1], dim=-1)
-            hook = patch_hook(cache[lp.resid_post_hook(layer)][0, -1], -1)
-            top = model.run_with_hooks(target, fwd_hooks=[(lp.resid_post_hook(layer), hook)])[0, -1].argmax()
-            layer_tops.append(model.tokenizer.decode([top]))
-            layer_hits.append(float(top == own.argmax()))
-            layer_surprisals.append(-own[top].item())
-        tops.append(layer_tops)
-        hits.append(layer_hits)
-        surprisals.append(layer_surprisals)
+    n_layers = model.cfg.n_layers
+    tops, hits, surprisals = [[] for _ in range(n_layers)], [[] for _ in range(n_layers)], [[] for _ in range(n_layers)]
+    for prompt in prompts:
+        tokens = hf_token_ids(reference, prompt)
+        own = reference_logits(reference, tokens)[0, -1].log_softmax(-1)
+        states = hf_resid_states(reference, tokens)
+        for layer in range(n_layers):
+            patch = (layer, target.shape[1] - 1, states[layer + 1][0, -1])
+            top = int(reference_logits(reference, target, patch=patch)[0, -1].argmax())
+            tops[layer].append(model.tokenizer.decode([top]))
+            hits[layer].append(float(top == own.argmax()))
+            surprisals[layer].append(-own[top].item())
     return tops, torch.tensor(hits), torch.tensor(surprisals)
 
 
-@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a == "embedded" else a for a in FAMILIES])
+@pytest.mark.parametrize("arch", family_params(through_fast_path=True))
 def test_kv_reuse_path_equals_full_forward_per_layer(family_models, arch):
     model, reference = family_models(arch)
     prompts = PROMPTS[:2] if arch == "embedded" else PROMPTS[:4]

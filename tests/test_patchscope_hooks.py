@@ -1,13 +1,15 @@
-"""patch_hook / layered_patch_hooks: exact self-patching, padding, per-row layers, prefill-only generation,
-composition with user hooks, bad input."""
+"""patch_hook / layered_patch_hooks: exact self-patching, plain HF with that block output replaced, padding, per-row
+layers, prefill-only generation, composition with user hooks, bad input."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import LAYERNORM_FAMILIES, hf_token_ids
 
 import lens_pivotal as lp
 from lens_pivotal.patchscope import layered_patch_hooks, patch_hook
+from lens_pivotal.testing import reference_logits
 
 PROMPT = "The capital of France is Paris, and the capital of Spain is"
 SHORT = "Hello there"
@@ -36,6 +38,21 @@ def test_patch_changes_later_positions_only(tiny_qwen3_model):
     patched = model.run_with_hooks(tokens, fwd_hooks=[(lp.resid_post_hook(1), patch_hook(vector, 4))])
     assert torch.equal(patched[0, :4], clean[0, :4])
     assert not torch.allclose(patched[0, 4:], clean[0, 4:])
+
+
+@pytest.mark.parametrize("arch", ["qwen3", *LAYERNORM_FAMILIES])
+def test_patched_logits_equal_hf_with_that_block_output_replaced(family_models, arch):
+    """Our stream is centred on LayerNorm models and HF's is not; a patched vector (not centred) is followed by
+    block outputs that differ by a multiple of the all-ones vector only, which no LayerNorm sees."""
+    model, reference = family_models(arch)
+    ids = hf_token_ids(reference, PROMPT)
+    vector = 3 * torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ours = model.run_with_hooks(ids, fwd_hooks=[(lp.resid_post_hook(1), patch_hook(vector, 4))])[0]
+    expected, clean = reference_logits(reference, ids, patch=(1, 4, vector))[0], reference_logits(reference, ids)[0]
+    centred = expected - expected.mean(-1, keepdim=True)  # compatibility mode centres the unembedding
+    torch.testing.assert_close(ours - ours.mean(-1, keepdim=True), centred, atol=1e-4, rtol=1e-4)
+    assert (expected - clean)[4:].abs().max() > 1e-2, "the patch matters, so the comparison can fail"
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])

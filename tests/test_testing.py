@@ -10,16 +10,19 @@ from importlib import resources
 
 import pytest
 import torch
+from conftest import TINY_FAMILIES, family_dir
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lens_pivotal.paths import user_cache_dir
 from lens_pivotal.testing import (
     QWEN3_ADDED_TOKENS,
+    decoder_layers,
     qwen3_0_6b_config,
     qwen3_tokenizer,
     qwen3_tokenizer_dir,
     random_qwen3_0_6b,
+    tiny_layernorm_dir,
     tiny_llama_dir,
     tiny_qwen_dir,
 )
@@ -131,14 +134,52 @@ def test_tiny_dirs_load_with_the_expected_config(arch):
     assert logits.shape == (1, 5, 151936) and torch.isfinite(logits).all() and logits.std() > 1e-3
 
 
+@pytest.mark.parametrize(
+    "arch, class_name, d_mlp_key, tied",
+    [("gpt2", "GPT2LMHeadModel", "n_inner", True), ("neox", "GPTNeoXForCausalLM", "intermediate_size", False)],
+)
+def test_tiny_layernorm_dirs_load_with_perturbed_norms_and_biases(arch, class_name, d_mlp_key, tied):
+    directory = tiny_layernorm_dir(arch)
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    config = model.config
+    assert type(model).__name__ == class_name
+    assert (config.num_hidden_layers, config.hidden_size, getattr(config, d_mlp_key)) == (3, 64, 128)
+    assert (config.num_attention_heads, config.vocab_size) == (4, 151936)
+    embeddings, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert (head.data_ptr() == embeddings.data_ptr()) == tied
+    if arch == "neox":
+        assert config.use_parallel_residual and config.rope_parameters["partial_rotary_factor"] == 0.25
+    norms = [module for module in model.modules() if isinstance(module, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * 3 + 1
+    assert all((norm.weight - 1).abs().max() > 0.05 and norm.bias.abs().max() > 0.05 for norm in norms)
+    biases = [parameter for name, parameter in model.named_parameters() if name.endswith(".bias")]
+    assert all(bias.abs().max() > 0.05 for bias in biases)  # the projections' too, not only the norms'
+    assert AutoTokenizer.from_pretrained(directory)(CHECK_TEXT)["input_ids"] == CHECK_IDS
+    with torch.no_grad():
+        logits = model(torch.tensor([CHECK_IDS])).logits
+    assert logits.shape == (1, 5, 151936) and torch.isfinite(logits).all() and logits.std() > 1e-3
+
+
 def test_tiny_dir_rejects_other_architectures():
     with pytest.raises(ValueError, match="'qwen3' or 'qwen2'"):
         tiny_qwen_dir("llama")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'gpt2' or 'neox'"):
+        tiny_layernorm_dir("qwen3")  # type: ignore[arg-type]
 
 
-def test_tiny_weights_are_fixed_by_the_seed_and_leave_the_global_rng_alone():
+SMALL = dict(n_layers=1, d_model=32, n_heads=2, d_mlp=64)
+
+
+@pytest.mark.parametrize(
+    "build, norms_are_random",
+    [
+        pytest.param(lambda seed: tiny_qwen_dir("qwen3", n_kv_heads=1, seed=seed, **SMALL), False, id="qwen3"),
+        pytest.param(lambda seed: tiny_layernorm_dir("neox", seed=seed, **SMALL), True, id="neox"),
+    ],
+)
+def test_tiny_weights_are_fixed_by_the_seed_and_leave_the_global_rng_alone(build, norms_are_random):
     def weights(seed: int) -> dict[str, torch.Tensor]:
-        directory = tiny_qwen_dir("qwen3", n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, d_mlp=64, seed=seed)
+        directory = build(seed)
         loaded = load_file(directory / "model.safetensors")
         shutil.rmtree(directory)  # so that the next call builds it again
         return loaded
@@ -148,9 +189,34 @@ def test_tiny_weights_are_fixed_by_the_seed_and_leave_the_global_rng_alone():
     assert torch.equal(torch.get_rng_state(), rng_state)
     assert first.keys() == again.keys() == other.keys()
     assert all(torch.equal(first[name], again[name]) for name in first)
-    assert not torch.equal(first["model.embed_tokens.weight"], other["model.embed_tokens.weight"])
-    query = "model.layers.0.self_attn.q_proj.weight"
-    assert not torch.equal(first[query], other[query])
+    changed = {name for name in first if not torch.equal(first[name], other[name])}
+    assert any("embed" in name for name in changed)
+    assert any("q_proj" in name or "query_key_value" in name for name in changed)
+    assert any("layernorm.weight" in name for name in changed) == norms_are_random
+
+
+@pytest.mark.parametrize("arch", TINY_FAMILIES)
+def test_decoder_layers_output_the_hidden_states(arch):
+    reference = AutoModelForCausalLM.from_pretrained(family_dir(arch)).eval()
+    outputs = {}
+
+    def recorder(layer: int):
+        def record(module, inputs, output):
+            outputs[layer] = output[0] if isinstance(output, tuple) else output
+
+        return record
+
+    layers = decoder_layers(reference)
+    handles = [block.register_forward_hook(recorder(layer)) for layer, block in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            states = reference(torch.tensor([CHECK_IDS]), output_hidden_states=True).hidden_states
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(layers) == reference.config.num_hidden_layers == len(states) - 1
+    for layer in range(len(layers) - 1):  # HF's last state is after the final norm
+        assert torch.equal(outputs[layer], states[layer + 1]), layer
 
 
 def test_qwen3_0_6b_config_is_the_real_one():
