@@ -92,22 +92,9 @@ TINY_FAMILIES = ("qwen3", "qwen2", "llama", *LAYERNORM_FAMILIES)  # RMSNorm, the
 FAMILIES = (*TINY_FAMILIES, "embedded")
 
 
-# lens_pivotal/resid/fastpath.py runs attention through HF's own module, whose fused q/k/v weight (GPT-2's c_attn,
-# GPT-NeoX's query_key_value) compatibility mode leaves unfolded: cache_resid_post's default fast path is wrong on
-# them (issue 20). Strict, so the fix turns these into failures: then delete this mark and its uses.
-FAST_PATH_BUG = pytest.mark.xfail(strict=True, reason="resid/fastpath.py runs HF's unfolded fused q/k/v weight")
-
-
-def family_params(families: tuple[str, ...] = FAMILIES, *, through_fast_path: bool = False) -> list:
-    """``families`` as ``pytest.mark.parametrize`` values, the embedded SmolLM2 marked slow; with
-    ``through_fast_path`` (the result goes through ``cache_resid_post``'s fast path) the LayerNorm ones ``FAST_PATH_BUG``."""
-
-    def marks(arch: str) -> list:
-        if arch == "embedded":
-            return [pytest.mark.slow]
-        return [FAST_PATH_BUG] if through_fast_path and arch in LAYERNORM_FAMILIES else []
-
-    return [pytest.param(arch, marks=marks(arch)) for arch in families]
+def family_params(families: tuple[str, ...] = FAMILIES) -> list:
+    """``families`` as ``pytest.mark.parametrize`` values, the embedded SmolLM2 marked slow."""
+    return [pytest.param(arch, marks=[pytest.mark.slow] if arch == "embedded" else []) for arch in families]
 
 
 def family_dir(arch: str):

@@ -43,7 +43,7 @@ def full_forward_reference(model, reference, prompts):
     return tops, torch.tensor(hits), torch.tensor(surprisals)
 
 
-@pytest.mark.parametrize("arch", family_params(through_fast_path=True))
+@pytest.mark.parametrize("arch", family_params())
 def test_kv_reuse_path_equals_full_forward_per_layer(family_models, arch):
     model, reference = family_models(arch)
     prompts = PROMPTS[:2] if arch == "embedded" else PROMPTS[:4]

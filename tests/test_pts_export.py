@@ -76,7 +76,7 @@ def test_counterparts_are_measured_and_unmeasurable_rows_left_out(tiny_qwen3_mod
     assert "re-tokenizes to" in dpo_pairs(model, [shifted], problems, backend, oracle=exact, progress=False).reasons[0]
 
 
-@pytest.mark.parametrize("arch", family_params(("qwen3", "gpt2", "neox"), through_fast_path=True))
+@pytest.mark.parametrize("arch", family_params(("qwen3", "gpt2", "neox")))
 def test_steering_records_hold_the_residual_at_the_pivot_position(family_models, arch):
     model, reference = family_models(arch)
     rows = [row(model, 5, 0.3), dataclasses.replace(row(model, 6, -0.3), pivot_context=CONTEXT + " 7.")]

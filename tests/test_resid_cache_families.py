@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAST_PATH_BUG, LAYERNORM_FAMILIES, family_dir, hf_block_states, hf_resid_states, hf_token_ids
+from conftest import LAYERNORM_FAMILIES, family_dir, hf_block_states, hf_resid_states, hf_token_ids
 
 import lens_pivotal as lp
 
@@ -51,7 +51,7 @@ def raw_bridges():
 
 
 @pytest.mark.parametrize("arch", LAYERNORM_FAMILIES)
-@pytest.mark.parametrize("fast_path", [False, pytest.param(True, marks=FAST_PATH_BUG)])
+@pytest.mark.parametrize("fast_path", [False, True])
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_matches_centred_hf_hidden_states_for_mixed_lengths(family_models, arch, fast_path, padding_side):
     model, reference = family_models(arch)
@@ -66,7 +66,7 @@ def test_matches_centred_hf_hidden_states_for_mixed_lengths(family_models, arch,
 
 
 @pytest.mark.parametrize("arch", LAYERNORM_FAMILIES)
-@pytest.mark.parametrize("fast_path", [False, pytest.param(True, marks=FAST_PATH_BUG)])
+@pytest.mark.parametrize("fast_path", [False, True])
 def test_shared_prefixes_match_centred_hf_hidden_states(family_models, arch, fast_path):
     model, reference = family_models(arch)
     acts = lp.cache_resid_post(

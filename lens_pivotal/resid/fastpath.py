@@ -20,6 +20,7 @@ import contextlib
 from typing import Iterator
 
 from torch import nn
+from transformer_lens.model_bridge.generalized_components import JointQKVAttentionBridge
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -50,6 +51,9 @@ def _sdpa_possible(model: TransformerBridge) -> bool:
         and bool(attentions)
         and all(_wraps_hf(attn) for attn in attentions)
         and not any(_has_hooks(attn) for attn in attentions)
+        # A fused q/k/v projection (GPT-2's c_attn, GPT-NeoX's query_key_value) is split by TransformerLens, which folds
+        # only the split copies: HF's own module would run the raw weight.
+        and not any(isinstance(attn, JointQKVAttentionBridge) for attn in attentions)
     )
 
 
