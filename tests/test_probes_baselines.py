@@ -33,8 +33,9 @@ def test_values_equal_a_plain_hf_computation(tiny_qwen3_model, qwen3_examples):
             probs = reference(torch.tensor([ids])).logits[0, position].double().softmax(-1)
         assert float(baselines["entropy"][index]) == pytest.approx(float(-(probs * probs.log()).sum()), abs=1e-4)
         assert float(baselines["top1_prob"][index]) == pytest.approx(float(probs.max()), abs=1e-5)
-        start = examples.answer_starts[examples.text_index[index]]
-        assert float(baselines["position"][index]) == pytest.approx((position - start) / (len(ids) - start))
+        query = examples.texts[index][: examples.texts[index].index("?") + 1]  # the synthetic answer follows it
+        answer_start = len(tiny_qwen3_model.tokenizer(query, add_special_tokens=False)["input_ids"])
+        assert float(baselines["position"][index]) == position + 1 - answer_start  # index of the predicted token
         assert int(baselines["token"][index]) == ids[position]
     with pytest.raises(ValueError, match=r"final_resid must be \[n_examples, d_model\]"):
         examples.baselines(tiny_qwen3_model, final_resid=torch.zeros(3, tiny_qwen3_model.cfg.d_model))
@@ -70,7 +71,7 @@ def test_orientation_is_learned_on_training_rows_only():
 
 
 def planted(n_problems: int = 40, per_problem: int = 10, d_model: int = 32, seed: int = 0):
-    """Rows whose label shows in one residual direction, with an entropy baseline that carries a weaker signal."""
+    """Rows whose label shows in one residual direction, with entropy and top-1 baselines that carry weaker signals."""
     generator = torch.Generator().manual_seed(seed)
     n = n_problems * per_problem
     labels = (torch.rand(n, generator=generator) < 0.4).long()
@@ -78,6 +79,7 @@ def planted(n_problems: int = 40, per_problem: int = 10, d_model: int = 32, seed
     acts[1, :, 0] += 2.5 * labels  # layer 1 holds the direction; layer 0 is pure noise
     baselines = {
         "entropy": labels + 1.5 * torch.randn(n, generator=generator),
+        "top1_prob": -labels + 2.0 * torch.randn(n, generator=generator),
         "position": torch.rand(n, generator=generator),
         "token": torch.randint(0, 50, (n,), generator=generator),
     }
@@ -94,18 +96,28 @@ def test_a_planted_direction_beats_the_baselines_and_noise_does_not():
     assert versus["low"][1] > 0  # the planted layer beats the best baseline, interval above 0
     assert versus["high"][0] < 0  # the noise layer is worse than it
     metrics = probes.baseline_metrics
-    assert set(metrics) == {"entropy", "position", "token"}
+    assert set(metrics) == {"entropy", "top1_prob", "position", "token"}
     assert metrics["entropy"]["auroc_low"] <= metrics["entropy"]["auroc"] <= metrics["entropy"]["auroc_high"]
     assert abs(metrics["position"]["auroc"] - 0.5) < 0.15 and set(metrics["token"]) >= {"auprc", "f1", "f1_low"}
 
 
-def test_probe_plus_entropy_equals_stacked_sklearn_fits_and_adds_only_where_the_stream_does():
+def sklearn_combined_auroc(features, y, train, heldout):
+    """Held-out AUROC of scikit-learn's logistic regression on ``features`` standardised on the training rows."""
+    features = (features - features[train].mean(0)) / features[train].std(0, ddof=1)
+    combined = LogisticRegression(C=1 / (BASELINE_L2 * len(train)), tol=1e-10, max_iter=10_000)
+    return roc_auc_score(y[heldout], combined.fit(features[train], y[train]).decision_function(features[heldout]))
+
+
+def test_probe_plus_uncertainty_equals_stacked_sklearn_fits_and_adds_only_where_the_stream_does():
     acts, labels, groups, baselines = planted()
     settings = lp.probes.ProbeSettings(l2=1e-1, standardize=False, class_weight=None, n_bootstrap=300)
     probes = lp.train_probes(acts, labels, groups=groups, baselines=baselines, settings=settings)
     train, heldout = lp.probes.group_split(groups, test_fraction=0.2, seed=0)
     folds = lp.probes.group_folds([groups[i] for i in train], settings.cv_folds, settings.seed).numpy()
-    entropy, y = baselines["entropy"].numpy(), labels.numpy()
+    uncertainty, y = np.stack([baselines["entropy"].numpy(), baselines["top1_prob"].numpy()], axis=1), labels.numpy()
+    combined = probes.with_uncertainty
+    assert combined["features"] == ["entropy", "top1_prob"]
+    assert combined["uncertainty_auroc"] == pytest.approx(sklearn_combined_auroc(uncertainty, y, train, heldout), abs=2e-3)
     for layer in range(2):
         x = acts[layer].numpy()
         stacked = np.zeros(len(y))  # out-of-fold logits on the training rows, the final probe's on the held-out ones
@@ -115,17 +127,13 @@ def test_probe_plus_entropy_equals_stacked_sklearn_fits_and_adds_only_where_the_
             stacked[train[folds == fold]] = reference.decision_function(x[train[folds == fold]])
         final = LogisticRegression(C=1 / (settings.l2 * len(train)), tol=1e-10, max_iter=10_000).fit(x[train], y[train])
         stacked[heldout] = final.decision_function(x[heldout])
-        features = np.stack([stacked, entropy], axis=1)
-        features = (features - features[train].mean(0)) / features[train].std(0, ddof=1)
-        combined = LogisticRegression(C=1 / (BASELINE_L2 * len(train)), tol=1e-10, max_iter=10_000)
-        scores = combined.fit(features[train], y[train]).decision_function(features[heldout])
-        assert probes.with_entropy["auroc"][layer] == pytest.approx(roc_auc_score(y[heldout], scores), abs=2e-3)
-    minus_entropy = probes.with_entropy["minus_entropy"]
-    entropy_alone = probes.baseline_metrics["entropy"]["auroc"]
-    assert minus_entropy["value"][1] == pytest.approx(probes.with_entropy["auroc"][1] - entropy_alone, abs=1e-6)
-    assert minus_entropy["low"][1] > 0  # the planted layer adds to the entropy
-    assert minus_entropy["low"][0] < 0 < minus_entropy["high"][0]  # pure noise adds nothing
-    assert probes[1].with_entropy["auroc"] == [probes.with_entropy["auroc"][1]]
+        expected = sklearn_combined_auroc(np.column_stack([stacked, uncertainty]), y, train, heldout)
+        assert combined["auroc"][layer] == pytest.approx(expected, abs=2e-3)
+    gain = combined["minus_uncertainty"]
+    assert gain["value"][1] == pytest.approx(combined["auroc"][1] - combined["uncertainty_auroc"], abs=1e-6)
+    assert gain["low"][1] > 0  # the planted layer adds to the model's uncertainty
+    assert gain["low"][0] < 0 < gain["high"][0]  # pure noise adds nothing
+    assert probes[1].with_uncertainty["auroc"] == [combined["auroc"][1]]
 
 
 def test_baselines_are_saved_and_bad_ones_named(tmp_path):
@@ -135,6 +143,6 @@ def test_baselines_are_saved_and_bad_ones_named(tmp_path):
     loaded = lp.LayerProbes.load(probes.save(tmp_path / "probes"))
     assert loaded.baseline_metrics == probes.baseline_metrics
     assert loaded.versus_best_baseline == probes.versus_best_baseline
-    assert loaded.with_entropy == probes.with_entropy and loaded.config.cv_auroc == probes.config.cv_auroc
+    assert loaded.with_uncertainty == probes.with_uncertainty and loaded.config.cv_auroc == probes.config.cv_auroc
     with pytest.raises(ValueError, match=r"baselines\['entropy'\] must be a tensor of 120 values"):
         lp.train_probes(acts, labels, groups=groups, baselines={"entropy": torch.ones(7)})

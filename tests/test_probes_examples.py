@@ -53,8 +53,8 @@ def test_rows_on_one_solution_share_one_tokenization(qwen3_tok, synthetic_rows):
         assert [examples.positions[i] for i in members] == sorted(examples.positions[i] for i in members)
 
 
-def test_negatives_lie_in_the_answer_and_never_on_a_positive(qwen3_tok, synthetic_rows):
-    examples = probe_examples(qwen3_tok, synthetic_rows, negatives_per_positive=3, seed=1)
+def test_algoverse_negatives_lie_in_each_problems_answer_and_never_on_a_positive(qwen3_tok, synthetic_rows):
+    examples = probe_examples(qwen3_tok, synthetic_rows, negatives="algoverse", negatives_per_positive=3, seed=1)
     for text, ids in enumerate(examples.token_ids):
         members = [i for i, t in enumerate(examples.text_index) if t == text]
         positives = {examples.positions[i] for i in members if examples.labels[i] == 1}
@@ -62,6 +62,97 @@ def test_negatives_lie_in_the_answer_and_never_on_a_positive(qwen3_tok, syntheti
         query_tokens = len(qwen3_tok(synthetic_rows[2 * text].query, add_special_tokens=False)["input_ids"])
         assert len(negatives) == 6 and not positives & set(negatives)
         assert all(query_tokens - 1 <= position < len(ids) - 1 for position in negatives)
+
+
+def answer_indices_by_hand(tokenizer, examples, label):
+    """Each example's index in its answer, counted from the re-tokenized query and chat-free synthetic text."""
+    indices = []
+    for text, position, value in zip(examples.texts, examples.positions, examples.labels):
+        if value == label:
+            query = text[: text.index("?") + 1]
+            indices.append(position + 1 - len(tokenizer(query, add_special_tokens=False)["input_ids"]))
+    return sorted(indices)
+
+
+def with_solutions(tokenizer, rows):
+    """The synthetic rows carrying their whole solution (each problem's text, which its pivots cut)."""
+    solved = []
+    for row in rows:
+        a, b = int(row.query.split()[2]), int(row.query.split()[6])
+        solution = f"{row.query} Sam had {a}, then bought {b}, so {a} + {b} = {a + b}. The answer is {a + b}."
+        solved.append(replace(row, solution=solution))
+    return solved
+
+
+def test_matched_negatives_sit_at_the_positives_answer_indices(qwen3_tok, synthetic_rows):
+    """Even problems keep their first pivot, odd ones their second: with whole solutions, each positive's answer
+    index then has states of the other problems that are no positive, and those are drawn."""
+    rows = [row for number, row in enumerate(with_solutions(qwen3_tok, synthetic_rows)) if number % 2 == number // 2 % 2]
+    examples = probe_examples(qwen3_tok, rows, seed=2)
+    assert examples.negatives == "matched" and examples.labels.count(0) == examples.labels.count(1) == 8
+    assert answer_indices_by_hand(qwen3_tok, examples, 0) == answer_indices_by_hand(qwen3_tok, examples, 1)
+    assert examples.position_ks == 0.0
+    negatives = {(examples.groups[i], examples.positions[i]) for i, label in enumerate(examples.labels) if label == 0}
+    assert len({group for group, _ in negatives}) > 1  # drawn across the dataset's problems
+    assert not negatives & {(examples.groups[i], examples.positions[i]) for i, label in enumerate(examples.labels) if label}
+
+
+def test_rows_with_solutions_are_read_on_the_whole_solution(qwen3_tok, synthetic_rows):
+    rows = with_solutions(qwen3_tok, synthetic_rows)
+    examples = probe_examples(qwen3_tok, rows, negatives_per_positive=100)  # every answer state that is no positive
+    assert sorted(set(examples.texts)) == sorted({row.solution for row in rows})
+    for text, ids in enumerate(examples.token_ids):
+        members = [i for i, t in enumerate(examples.text_index) if t == text]
+        positives = {examples.positions[i] for i in members if examples.labels[i] == 1}
+        query_tokens = len(qwen3_tok(rows[2 * text].query, add_special_tokens=False)["input_ids"])
+        expected = set(range(query_tokens - 1, len(ids) - 1)) - positives
+        assert {examples.positions[i] for i in members if examples.labels[i] == 0} == expected
+        assert max(expected) > max(positives)  # states after the last pivot
+    cut = probe_examples(qwen3_tok, rows, negatives="algoverse", negatives_per_positive=100)
+    assert sorted(set(cut.texts)) == sorted({row.pivot_context + row.pivot_token for row in rows[1::2]})
+
+
+def test_position_ks_equals_scipy(qwen3_tok, synthetic_rows):
+    from scipy.stats import ks_2samp
+
+    examples = probe_examples(qwen3_tok, synthetic_rows, negatives="algoverse", negatives_per_positive=2, seed=3)
+    labels = examples.labels
+    indices = examples.answer_indices
+    expected = ks_2samp([i for i, y in zip(indices, labels) if y], [i for i, y in zip(indices, labels) if not y]).statistic
+    assert examples.position_ks == pytest.approx(expected, abs=1e-12) and expected > 0.15
+    assert indices == [examples.positions[i] + 1 - examples.answer_starts[examples.text_index[i]] for i in range(len(examples))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(lp.pts.SHIPPED_DATASETS))
+def test_shipped_datasets_examples_are_not_confounded_by_position(embedded_dir, name):
+    """The default recipe keeps the answer-index distributions of positives and negatives within KS 0.15, negatives
+    after the last pivot included; the Algoverse recipe on the same rows does not."""
+    from scipy.stats import ks_2samp
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
+    rows = lp.load_pts(name)
+    assert all(row.solution is not None for row in rows)
+    matched, cut = (probe_examples(tokenizer, rows, negatives=recipe) for recipe in ("matched", "algoverse"))
+    for examples in (matched, cut):
+        by_label = [[index for index, label in zip(answer_indices_by_hand_chat(tokenizer, examples), examples.labels) if label == value] for value in (1, 0)]
+        assert examples.position_ks == pytest.approx(ks_2samp(*by_label).statistic, abs=1e-12)
+    assert matched.position_ks <= 0.15 < cut.position_ks
+    last_pivot = {}
+    for text, position, label in zip(matched.text_index, matched.positions, matched.labels):
+        if label:
+            last_pivot[text] = max(position, last_pivot.get(text, -1))
+    assert any(not label and position > last_pivot[text] for text, position, label in zip(matched.text_index, matched.positions, matched.labels))
+
+
+def answer_indices_by_hand_chat(tokenizer, examples):
+    """Each example's index in its answer: tokens after the last ``<|im_start|>assistant\n`` of its text."""
+    indices = []
+    for text, position in zip(examples.texts, examples.positions):
+        header = text.rindex("<|im_start|>assistant\n") + len("<|im_start|>assistant\n")
+        indices.append(position + 1 - len(tokenizer(text[:header], add_special_tokens=False)["input_ids"]))
+    return indices
 
 
 def test_negative_ratio_and_seed(qwen3_tok, synthetic_rows):
@@ -109,6 +200,7 @@ def test_group_split_keeps_groups_whole():
     [
         (lambda tok, rows: probe_examples(tok, []), ValueError, "rows is empty"),
         (lambda tok, rows: probe_examples(tok, rows, negatives_per_positive=-1), ValueError, "negatives_per_positive"),
+        (lambda tok, rows: probe_examples(tok, rows, negatives="random"), ValueError, "negatives must be one of"),
         (lambda tok, rows: probe_examples(tok, [rows[0], {"query": "x"}]), TypeError, r"rows\[1\] is a dict"),
         (lambda tok, rows: probe_examples(tok, "missing.jsonl"), FileNotFoundError, "does not exist"),
         (lambda tok, rows: group_split(["a", "a"]), ValueError, "at least 2 groups"),

@@ -38,7 +38,7 @@ def test_layer_metrics_figure(probes, tmp_path):
     assert save_figure(figure, tmp_path / "m.png").stat().st_size > 10_000
 
 
-def test_layer_metrics_figure_shows_baselines_and_probe_plus_entropy():
+def test_layer_metrics_figure_shows_baselines_and_probe_plus_uncertainty():
     generator = torch.Generator().manual_seed(1)
     labels = torch.arange(120) % 2
     acts = torch.randn(2, 120, 8, generator=generator)
@@ -48,7 +48,7 @@ def test_layer_metrics_figure_shows_baselines_and_probe_plus_entropy():
     axis = plot_layer_metrics(probes, metrics=("auroc",)).axes[0]
     lines = {line.get_label(): line for line in axis.get_lines()}
     assert float(lines["AUROC, entropy baseline (no probe)"].get_ydata()[0]) == probes.baseline_metrics["entropy"]["auroc"]
-    assert list(lines["AUROC, probe + entropy"].get_ydata()) == pytest.approx(probes.with_entropy["auroc"])
+    assert list(lines["AUROC, probe + entropy"].get_ydata()) == pytest.approx(probes.with_uncertainty["auroc"])
 
 
 def test_pca_matches_sklearn_up_to_sign():

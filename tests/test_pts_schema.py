@@ -82,6 +82,8 @@ def broken(field: str, value) -> dict:
         (broken("pivot_context", 7), "field 'pivot_context' must be a string"),
         (broken("prob_delta", -0.5), "field 'prob_delta' is -0.5 but prob_after - prob_before"),
         (broken("is_positive", True), "field 'is_positive' is True but prob_delta is -0.68"),
+        (broken("solution", "another text"), "field 'solution' must start with pivot_context + pivot_token"),
+        (broken("solution", 3), "field 'solution' must be a string"),
         ('{"model_id": "x", ', "not valid JSON"),
         ("[1, 2]", "expected a JSON object"),
     ],
@@ -104,3 +106,12 @@ def test_lenient_loading_skips_and_reports_invalid_rows(tmp_path):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl does not exist"):
         load_pts(tmp_path / "nope.jsonl")
+
+
+def test_a_row_keeps_its_whole_solution_through_a_round_trip(tmp_path):
+    row = real_rows()[0]
+    solution = row["pivot_context"] + row["pivot_token"] + " and the rest of the answer."
+    path = write_jsonl(tmp_path / "rows.jsonl", [row | {"solution": solution}, real_rows()[1]])
+    first, second = load_pts(path)
+    assert first.solution == solution and second.solution is None
+    assert first.to_dict()["solution"] == solution and "solution" not in second.to_dict()

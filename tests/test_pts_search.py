@@ -79,6 +79,12 @@ def test_search_finds_the_planted_pivot_and_the_wrong_answer():
         TOKENIZER.decode([token]) for token in FILLER[:2])
     assert positive.query == PROBLEM.question and positive.model_id == "fake" and positive.dataset_item_id == "0"
     assert backend.calls < 12  # estimates are cached per prefix
+    prompt_ids = TOKENIZER(PROBLEM.question)["input_ids"]
+    solutions = {  # the whole sampled solution each row was found on, as the backend wrote it
+        PIVOT: TOKENIZER.decode(prompt_ids + FILLER[:2] + [PIVOT] + FILLER[2:] + RIGHT + [EOS]),
+        WRONG[0]: TOKENIZER.decode(prompt_ids + FILLER + WRONG + [EOS]),
+    }
+    assert {row.pivot_token_id: row.solution for row in rows} == solutions
 
 
 def test_problems_outside_the_baseline_range_are_skipped(tmp_path):
@@ -191,3 +197,17 @@ def test_a_search_with_a_hook_attached_samples_the_hooked_model(family_models):
         expected = graded_texts(reference_backend)
     assert searched == expected
     assert graded_texts(reference_backend) != expected  # the edit changes what is sampled
+
+
+def test_solutions_of_rows_written_without_them_are_recovered(tiny_model, tmp_path):
+    from dataclasses import replace
+
+    from lens_pivotal.pts.solutions import recover_solutions
+
+    out = tmp_path / "rows.jsonl"
+    rows = list(tiny_search(tiny_model, out=out))
+    settings = json.loads(progress_path(out).read_text().splitlines()[0])["settings"]
+    bare = [replace(row, solution=None) for row in rows]
+    assert recover_solutions(tiny_model, bare, TINY_PROBLEMS, settings, oracle=parity_oracle) == rows
+    altered = replace(bare[0], pivot_token_id=bare[0].pivot_token_id + 1)
+    assert recover_solutions(tiny_model, [altered], TINY_PROBLEMS, settings, oracle=parity_oracle)[0].solution is None

@@ -23,21 +23,26 @@ from lens_pivotal.probes.plots import plot_layer_metrics, plot_projection
 from lens_pivotal.probes.scoring import GeneratedScores, TokenScores, generate_with_scores
 from lens_pivotal.probes.views import generated_view, token_scores_view
 from lens_pivotal.probes.baselines import BASELINES
-from lens_pivotal.probes.workflow import format_baseline_table, format_layer_table
+from lens_pivotal.probes.workflow import ProbeRun, format_baseline_table, format_layer_table, train_on_pts
+from lens_pivotal.probes.direction import DeltaRegression, delta_regression, direction_probes
 from lens_pivotal.probes.transfer import TransferResult, format_transfer_table, transfer_matrix
 
 __all__ = [
     "ADAM_PROBE_SETTINGS",
     "BASELINES",
+    "DeltaRegression",
     "GeneratedScores",
     "LayerMetrics",
     "LayerProbes",
     "LinearProbe",
     "ProbeConfig",
     "ProbeExamples",
+    "ProbeRun",
     "ProbeSettings",
     "TokenScores",
     "TransferResult",
+    "delta_regression",
+    "direction_probes",
     "evaluate_probes",
     "format_baseline_table",
     "format_layer_table",
@@ -51,6 +56,7 @@ __all__ = [
     "plot_projection",
     "probe_examples",
     "token_scores_view",
+    "train_on_pts",
     "train_probes",
     "transfer_matrix",
 ]

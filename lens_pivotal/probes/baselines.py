@@ -5,7 +5,9 @@ is set beside these, computed on the same examples and scored on the same held-o
 
 - ``entropy`` (nats) and ``top1_prob`` of the model's own next-token distribution at the example's position, read
   from the last block's ``resid_post`` through ``ln_final`` and the unembedding (the model's own output);
-- ``position``: the example's relative position in its answer (0 at the answer's first token);
+- ``position``: the example's index in its answer (:attr:`~lens_pivotal.probes.ProbeExamples.answer_indices`: 0
+  when it predicts the answer's first token), something the model knows; not a fraction of the text, whose length
+  depends on where the text was cut;
 - ``token``: the current token's identity. Its score is the add-one-smoothed log-odds of "pivotal" for that token
   id over the training rows: the solution of a one-hot logistic regression on the id, smoothed so that an id never
   seen in training scores 0.
@@ -51,14 +53,10 @@ def example_baselines(
         log_probs = logit_lens(model, chunk).float().log_softmax(dim=-1)
         entropy.append(-(log_probs.exp() * log_probs).sum(dim=-1).cpu())
         top1.append(log_probs.max(dim=-1).values.exp().cpu())
-    position, token = [], []
-    for text, at in zip(examples.text_index, examples.positions):
-        start, length = examples.answer_starts[text], len(examples.token_ids[text])
-        position.append((at - start) / max(1, length - start))
-        token.append(examples.token_ids[text][at])
     return {
         "entropy": torch.cat(entropy), "top1_prob": torch.cat(top1),
-        "position": torch.tensor(position, dtype=torch.float32), "token": torch.tensor(token, dtype=torch.long),
+        "position": torch.tensor(examples.answer_indices, dtype=torch.float32),
+        "token": torch.tensor(examples.current_tokens, dtype=torch.long),
     }  # fmt: skip
 
 

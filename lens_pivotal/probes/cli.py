@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import get_args
 
 from lens_pivotal.cli.arguments import EMBEDDED, add_model_arguments, load_model_from_args, parse_ints
+from lens_pivotal.probes.examples import NegativeRecipe
 from lens_pivotal.probes.layer_probes import SOLVERS, ProbeSettings
 from lens_pivotal.pts.dataset import SHIPPED_DATASETS
 from lens_pivotal.viz.tables import format_table
@@ -33,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--layers", default=None, help="comma-separated blocks (default: all)")
     train.add_argument("--embeddings", action="store_true", help="also probe the embedding stream (HF state 0)")
     train.add_argument("--negatives-per-positive", type=float, default=1.0, help="negatives per positive (default: 1)")
+    add_negatives_argument(train)
     train.add_argument("--solver", choices=SOLVERS, default=DEFAULTS.solver, help="lbfgs (default) or adam (the Algoverse probing project's)")
     train.add_argument("--l2", type=float, default=None, help="fixed L2 (default: chosen per layer by grouped CV)")
     train.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction, help="held-out fraction of problems (default: 0.2)")
@@ -55,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     transfer.add_argument("--layers", default=None, help="comma-separated blocks (default: all)")
     transfer.add_argument("--n-bootstrap", type=int, default=DEFAULTS.n_bootstrap, help="bootstrap resamples (default: 1000)")
     transfer.add_argument("--seed", type=int, default=DEFAULTS.seed, help="split, negatives and bootstrap seed (default: 0)")
+    add_negatives_argument(transfer)
     transfer.add_argument("--batch-size", type=int, default=16, help="texts per forward pass when caching (default: 16)")
     transfer.set_defaults(func=_cmd_transfer)
 
@@ -74,25 +78,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.set_defaults(func=_cmd_score)
 
 
+def add_negatives_argument(parser: argparse.ArgumentParser) -> None:
+    """``--negatives``: how negatives are drawn (:func:`lens_pivotal.probes.probe_examples`)."""
+    parser.add_argument("--negatives", choices=get_args(NegativeRecipe), default="matched",
+                        help="matched (default): at the positives' answer indices, whole solutions where rows carry "
+                        "them; algoverse: the Algoverse probing project's recipe, confounded by position")  # fmt: skip
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from lens_pivotal.probes.workflow import format_layer_table, train_on_pts
+    from lens_pivotal.probes.workflow import format_run, train_on_pts
     from lens_pivotal.pts.schema import load_pts
 
     layers = parse_ints(args.layers, "--layers") if args.layers else None
     rows = load_pts(args.data)
     model = load_model_from_args(args)
-    probes, examples = train_on_pts(
-        model, rows, args.out, model_source=args.model, negatives_per_positive=args.negatives_per_positive,
+    run = train_on_pts(
+        model, rows, args.out, model_source=args.model, negatives=args.negatives,
+        negatives_per_positive=args.negatives_per_positive,
         layers=layers, embeddings=args.embeddings, batch_size=args.batch_size, overwrite=args.overwrite,
         settings=ProbeSettings(
             solver=args.solver, l2=args.l2, val_fraction=args.val_fraction, n_bootstrap=args.n_bootstrap, seed=args.seed
         ),
     )
-    print(examples)
-    for mismatch in examples.mismatches:
-        print(f"  not mapped: {mismatch}")
-    print(format_layer_table(probes))
-    print(f"\nwrote {Path(args.out) / 'probes'}, metrics.json, layer_metrics.png, projection_best_layer.png, "
+    for mismatch in run.examples.mismatches:
+        print(f"not mapped: {mismatch}")
+    print(format_run(run))
+    direction = "" if run.direction is None else "direction_probes/, "
+    print(f"\nwrote probes/, {direction}metrics.json, layer_metrics.png, projection_best_layer.png, "
           f"scores_best_layer.html and scores_all_layers.html under {args.out}")
     return 0
 
@@ -108,7 +120,7 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
     results = transfer_matrix(
         model, sources,
         settings=ProbeSettings(n_bootstrap=args.n_bootstrap, seed=args.seed), batch_size=args.batch_size,
-        layers=parse_ints(args.layers, "--layers") if args.layers else None,
+        negatives=args.negatives, layers=parse_ints(args.layers, "--layers") if args.layers else None,
     )
     print(format_transfer_table(results))
     out = Path(args.out) / "transfer.json"

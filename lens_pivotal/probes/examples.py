@@ -10,6 +10,18 @@ prefix of that text) get a tokenization of their own.
 Negatives are other positions of the answer span, never a positive. The answer starts after the query, and after the
 tokenizer's chat-template generation header (e.g. ``<|im_start|>assistant\n``) when the text holds one, so that
 template tokens, which no probe needs a residual stream to recognise, are never negatives.
+
+Where a text is cut decides which negatives exist. A text cut at its last pivot (all a v1 PTS row holds) ends on a
+positive, so negatives can only come from before it: positives and negatives then sit at different places in the
+answer, and "how far into the answer" separates them without any probe (on the shipped multi-step data the answer
+index alone reached AUROC 0.75, Kolmogorov-Smirnov distance 0.47). Two recipes:
+
+- ``"matched"`` (default): a row that carries its whole sampled ``solution`` (our search writes it) is read on that
+  text, so negatives also come from after the last pivot; and negatives are drawn across the dataset's texts at the
+  same answer indices as the positives (for each positive, a negative at its index, or the nearest index left), so
+  the position in the answer carries no label. :attr:`ProbeExamples.position_ks` measures what is left.
+- ``"algoverse"``: the Algoverse probing project's recipe, kept for reproduction and CONFOUNDED by the cut: each
+  problem's texts end at their last pivot and negatives are drawn uniformly from each problem's answer positions.
 """
 
 from __future__ import annotations
@@ -17,7 +29,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence, get_args
 
 import numpy as np
 import torch
@@ -28,6 +40,8 @@ from torch import Tensor
 from lens_pivotal.pts.problems import group_name
 from lens_pivotal.tokens import own_tokenizer
 from lens_pivotal.pts.schema import PivotalToken, load_pts
+
+NegativeRecipe = Literal["matched", "algoverse"]
 
 
 @dataclass
@@ -40,7 +54,8 @@ class ProbeExamples:
     ``source_rows[i]`` is the index of a positive's PTS row (``None`` for a negative) and ``prob_deltas[i]`` its
     ``prob_delta`` (the pivot's sign: toward or away from success). ``mismatches`` lists the rows left out and why;
     ``query_not_found`` counts texts without their query (negatives then come from the whole text);
-    ``repeated_positives`` counts positives already held by another solution's text.
+    ``repeated_positives`` counts positives already held by another solution's text. ``answer_starts[t]`` is the
+    index of text ``t``'s first answer token; ``negatives`` names the recipe that drew the negatives.
     """
 
     texts: list[str]
@@ -55,6 +70,7 @@ class ProbeExamples:
     repeated_positives: int = 0
     answer_starts: list[int] = field(default_factory=list)
     prob_deltas: list[float | None] = field(default_factory=list)
+    negatives: NegativeRecipe = "matched"
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -64,8 +80,27 @@ class ProbeExamples:
         return (
             f"ProbeExamples({len(self)} examples: {positives} pivotal, {len(self) - positives} not; "
             f"{len(self.token_ids)} texts, {len(set(self.groups))} groups; {len(self.mismatches)} rows not mapped, "
-            f"{self.repeated_positives} repeated pivot states)"
+            f"{self.repeated_positives} repeated pivot states; {self.negatives} negatives, answer-index KS "
+            f"{self.position_ks:.2f})"
         )
+
+    @property
+    def answer_indices(self) -> list[int]:
+        """Each example's place in its answer: the index there of the token it predicts (0: the answer's first
+        token). The ``position`` baseline."""
+        return [position + 1 - self.answer_starts[text] for text, position in zip(self.text_index, self.positions)]
+
+    @property
+    def position_ks(self) -> float:
+        """Kolmogorov-Smirnov distance between the positives' and the negatives' :attr:`answer_indices` (0: the same
+        distribution; 1: apart), ``nan`` without both classes. Above 0.15, a probe can score by position."""
+        indices, labels = np.array(self.answer_indices), np.array(self.labels)
+        positives, negatives = indices[labels == 1], indices[labels == 0]
+        if len(positives) == 0 or len(negatives) == 0:
+            return float("nan")
+        grid = np.union1d(positives, negatives)
+        below = [np.searchsorted(np.sort(values), grid, side="right") / len(values) for values in (positives, negatives)]
+        return float(np.abs(below[0] - below[1]).max())
 
     @property
     def label_tensor(self) -> Tensor:
@@ -109,6 +144,7 @@ def probe_examples(
     model: Any,
     rows: Iterable[PivotalToken] | str | os.PathLike,
     *,
+    negatives: NegativeRecipe = "matched",
     negatives_per_positive: float = 1.0,
     seed: int = 0,
 ) -> ProbeExamples:
@@ -119,8 +155,10 @@ def probe_examples(
             tokenized without added special tokens: PTS contexts already hold the prompt exactly as the model saw it.
         rows: PTS rows (:class:`~lens_pivotal.pts.PtsData`, a list of :class:`~lens_pivotal.pts.PivotalToken`) or a
             path/hub id for :func:`~lens_pivotal.pts.load_pts`.
-        negatives_per_positive: negatives drawn per positive in each problem, from the answer positions of all its
-            texts (fewer where the answers are too short).
+        negatives: ``"matched"`` (texts as long as the rows' ``solution``; negatives at the positives' answer
+            indices, drawn across each dataset's texts) or ``"algoverse"`` (texts cut at the last pivot, negatives
+            uniform over each problem's answer: confounded by position, for reproduction only); see the module.
+        negatives_per_positive: negatives drawn per positive (fewer where the answers hold too few positions).
         seed: seed of the negative sampling.
 
     Returns:
@@ -129,15 +167,17 @@ def probe_examples(
     """
     if negatives_per_positive < 0:
         raise ValueError(f"negatives_per_positive must be >= 0, got {negatives_per_positive}")
+    if negatives not in get_args(NegativeRecipe):
+        raise ValueError(f"negatives must be one of {get_args(NegativeRecipe)}, got {negatives!r}")
     tokenizer = own_tokenizer(model) if hasattr(model, "tokenizer") else model
     if not callable(tokenizer):
         raise TypeError("model must be a TransformerLens model with a tokenizer, or a Hugging Face tokenizer")
     rows = list(load_pts(rows) if isinstance(rows, (str, os.PathLike)) else rows)
     if not rows:
         raise ValueError("rows is empty: no PTS rows to make probe examples from")
-    builder = _ExampleBuilder(tokenizer, negatives_per_positive, random.Random(seed))
+    builder = _ExampleBuilder(tokenizer, negatives, negatives_per_positive, random.Random(seed))
     for key, members in _rows_by_problem(rows).items():
-        builder.add_problem(group_name(key), members)
+        builder.add_problem(key, members)
     return builder.finish()
 
 
@@ -201,6 +241,7 @@ class _Text:
     starts: dict[int, int]
     answer_start: int
     group: str
+    family: str
     positives: dict[int, int] = field(default_factory=dict)
     negatives: list[int] = field(default_factory=list)
 
@@ -214,8 +255,9 @@ class _Text:
 
 
 class _ExampleBuilder:
-    def __init__(self, tokenizer: Any, negatives_per_positive: float, rng: random.Random) -> None:
+    def __init__(self, tokenizer: Any, recipe: NegativeRecipe, negatives_per_positive: float, rng: random.Random) -> None:
         self.tokenizer = tokenizer
+        self.recipe = recipe
         self.ratio = negatives_per_positive
         self.rng = rng
         self.texts: list[_Text] = []
@@ -225,21 +267,28 @@ class _ExampleBuilder:
         self.answer_header = _generation_header(tokenizer)
         self.prob_deltas: dict[int, float] = {}
 
-    def add_problem(self, group: str, members: list[tuple[int, PivotalToken]]) -> None:
-        """Map the problem's rows, longest first, onto the solution texts they prefix."""
+    def add_problem(self, key: tuple[str, str], members: list[tuple[int, PivotalToken]]) -> None:
+        """Map the problem's rows, longest text first, onto the solution texts they prefix."""
         texts: list[_Text] = []
         self.prob_deltas.update({index: row.prob_delta for index, row in members})
-        for index, row in sorted(members, key=lambda member: -len(member[1].pivot_context + member[1].pivot_token)):
-            full = row.pivot_context + row.pivot_token
-            text = next((text for text in texts if text.string.startswith(full)), None)
+        for index, row in sorted(members, key=lambda member: -len(self._full_text(member[1]))):
+            pivot_text = row.pivot_context + row.pivot_token
+            text = next((text for text in texts if text.string.startswith(pivot_text)), None)
             if text is None:
-                text = self._tokenize(full, row.query, group)
+                text = self._tokenize(self._full_text(row), row.query, group_name(key), key[0])
                 texts.append(text)
             self._map(index, row, text)
         texts = [text for text in texts if text.positives]
         self._drop_repeated_positives(texts)
-        self._sample_negatives(texts)
-        self.texts += [text for text in texts if text.positives or text.negatives]
+        if self.recipe == "algoverse":
+            self._sample_uniform(texts)
+        self.texts += texts
+
+    def _full_text(self, row: PivotalToken) -> str:
+        """The text a row is read on: its whole solution where it has one (``"matched"``), else up to its pivot."""
+        if self.recipe == "matched" and row.solution is not None:
+            return row.solution
+        return row.pivot_context + row.pivot_token
 
     def _drop_repeated_positives(self, texts: list[_Text]) -> None:
         """Solutions that share a prefix share its states: a positive state another text already holds (another pivot
@@ -252,9 +301,9 @@ class _ExampleBuilder:
                     self.repeated_positives += 1
                 seen.add(text.keys[position])
 
-    def _sample_negatives(self, texts: list[_Text]) -> None:
-        """Negatives for one problem, drawn from the answer positions of all its texts; a state that is positive in
-        any text is never a negative (whichever token followed it there), and no state is drawn twice."""
+    def _candidates(self, texts: list[_Text]) -> list[tuple[int, int]]:
+        """``(text number, position)`` of every answer state of ``texts`` that is no positive in any of them (whichever
+        token followed it there), each state once (texts of one problem share their prefixes)."""
         seen = {text.keys[position] for text in texts for position in text.positives}
         candidates = []
         for number, text in enumerate(texts):
@@ -263,11 +312,33 @@ class _ExampleBuilder:
                 if text.keys[position] not in seen:
                     seen.add(text.keys[position])
                     candidates.append((number, position))
+        return candidates
+
+    def _sample_uniform(self, texts: list[_Text]) -> None:
+        """The Algoverse recipe: negatives drawn uniformly from one problem's answer states."""
+        candidates = self._candidates(texts)
         wanted = min(round(self.ratio * sum(len(text.positives) for text in texts)), len(candidates))
         for number, position in self.rng.sample(candidates, wanted):
             texts[number].negatives.append(position)
 
-    def _tokenize(self, string: str, query: str, group: str) -> _Text:
+    def _sample_matched(self) -> None:
+        """For each positive of a dataset (in a shuffled round, ``negatives_per_positive`` rounds), one negative from
+        any of the dataset's texts at the positive's answer index, or at the nearest index that has one left."""
+        for family in sorted({text.family for text in self.texts}):
+            texts = [text for text in self.texts if text.family == family]
+            by_index: dict[int, list[tuple[int, int]]] = {}
+            for number, position in self._candidates(texts):
+                by_index.setdefault(position + 1 - texts[number].answer_start, []).append((number, position))
+            targets = [position + 1 - text.answer_start for text in texts for position in text.positives]
+            wanted = min(round(self.ratio * len(targets)), sum(map(len, by_index.values())))
+            for target in _rounds(targets, wanted, self.rng):
+                index = min(by_index, key=lambda index: (abs(index - target), index))
+                number, position = by_index[index].pop(self.rng.randrange(len(by_index[index])))
+                texts[number].negatives.append(position)
+                if not by_index[index]:
+                    del by_index[index]
+
+    def _tokenize(self, string: str, query: str, group: str, family: str) -> _Text:
         encoded = self.tokenizer(string, add_special_tokens=False, return_offsets_mapping=True)
         starts: dict[int, int] = {}
         for token, (start, end) in enumerate(encoded["offset_mapping"]):
@@ -282,7 +353,7 @@ class _ExampleBuilder:
             header_at = string.find(self.answer_header, answer_at) if self.answer_header else -1
             answer_at = header_at + len(self.answer_header) if header_at >= 0 else answer_at
             answer_start = min((token for start, token in starts.items() if start >= answer_at), default=len(starts))
-        return _Text(string, list(encoded["input_ids"]), starts, answer_start, group)
+        return _Text(string, list(encoded["input_ids"]), starts, answer_start, group, family)
 
     def _map(self, index: int, row: PivotalToken, text: _Text) -> None:
         where = f"row {index} ({text.group}, pivot {row.pivot_token!r})"
@@ -304,9 +375,13 @@ class _ExampleBuilder:
             text.positives.setdefault(pivot - 1, index)
 
     def finish(self) -> ProbeExamples:
-        """Lay every example out in text, then position, order."""
+        """Draw matched negatives, then lay every example out in text, then position, order."""
+        if self.recipe == "matched":
+            self._sample_matched()
+        self.texts = [text for text in self.texts if text.positives or text.negatives]
         examples = ProbeExamples(
-            [], [], [], [], [], [], [], self.mismatches, self.query_not_found, self.repeated_positives
+            [], [], [], [], [], [], [], self.mismatches, self.query_not_found, self.repeated_positives,
+            negatives=self.recipe,
         )
         for text_number, text in enumerate(self.texts):
             examples.answer_starts.append(text.answer_start)
@@ -323,3 +398,11 @@ class _ExampleBuilder:
                 examples.source_rows.append(row)
                 examples.prob_deltas.append(None if row is None else self.prob_deltas[row])
         return examples
+
+
+def _rounds(targets: list[int], count: int, rng: random.Random) -> list[int]:
+    """``count`` items of ``targets``: whole shuffled passes over them, then part of one more."""
+    drawn: list[int] = []
+    while len(drawn) < count:
+        drawn += rng.sample(targets, len(targets))
+    return drawn[:count]

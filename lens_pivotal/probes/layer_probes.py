@@ -38,6 +38,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "probes.safetensors"
 SOLVERS = ("lbfgs", "adam")
 CV_PATIENCE = 2  # grid steps past every layer's best CV loss before the L2 path stops
+UNCERTAINTY_BASELINES = ("entropy", "top1_prob")  # the model's own uncertainty, which a probe must add to
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class ProbeConfig:
     best_heldout_layer: int | None = None
     baseline_metrics: dict[str, dict[str, float]] | None = None
     versus_best_baseline: dict[str, Any] | None = None
-    with_entropy: dict[str, Any] | None = None
+    with_uncertainty: dict[str, Any] | None = None
     model_source: str = ""
     format: str = FORMAT
 
@@ -144,7 +145,7 @@ class ProbeConfig:
             cv_auroc=pick(self.cv_auroc), metrics=metrics,
             best_layer=None if self.best_layer is None else 0,
             best_heldout_layer=None if self.best_heldout_layer is None else 0,
-            versus_best_baseline=_pick_parts(self.versus_best_baseline, pick), with_entropy=_pick_parts(self.with_entropy, pick),
+            versus_best_baseline=_pick_parts(self.versus_best_baseline, pick), with_uncertainty=_pick_parts(self.with_uncertainty, pick),
         )  # fmt: skip
 
     def to_json(self) -> str:
@@ -262,12 +263,15 @@ class LayerProbes(ModelBound):
         return self.config.versus_best_baseline
 
     @property
-    def with_entropy(self) -> dict[str, Any] | None:
-        """Per layer, the held-out AUROC of the probe's logit and the entropy combined (a two-feature logistic
+    def with_uncertainty(self) -> dict[str, Any] | None:
+        """Does the residual stream add to the model's own uncertainty? Per layer, the held-out AUROC of the probe's
+        logit together with the uncertainty baselines (``entropy`` and ``top1_prob``, those given: a logistic
         regression fitted on the training problems, on out-of-fold probe logits there) with its interval, and that
-        AUROC minus the entropy's alone with a paired interval: ``{"auroc", "auroc_low", "auroc_high",
-        "minus_entropy": {"value", "low", "high"}}``; ``None`` without an ``"entropy"`` baseline."""
-        return self.config.with_entropy
+        AUROC minus the uncertainty baselines' together (one logistic regression on them alone) with a paired
+        interval: ``{"features", "auroc", "auroc_low", "auroc_high", "uncertainty_auroc", "uncertainty_auroc_low",
+        "uncertainty_auroc_high", "minus_uncertainty": {"value", "low", "high"}}``; ``None`` without either
+        baseline."""
+        return self.config.with_uncertainty
 
     @property
     def selectivity(self) -> Float[Tensor, " n_layers"]:
@@ -629,7 +633,7 @@ def train_probes(
         baselines: per-row scores a probe must beat (``ProbeExamples.baselines(model)``: entropy, top-1
             probability, position, token), each fitted and oriented on the training groups and scored on the held-out
             ones like the probes (:attr:`LayerProbes.baseline_metrics`, :attr:`LayerProbes.versus_best_baseline`,
-            :attr:`LayerProbes.with_entropy`).
+            :attr:`LayerProbes.with_uncertainty`).
         heldout_groups: the problems to hold out (e.g. another problem family's, to measure transfer); default: a
             seeded ``settings.val_fraction`` of them.
         control_types: each row's current-token id (``ProbeExamples.current_tokens``): trains Hewitt & Liang's
@@ -727,8 +731,8 @@ def _evaluate_baselines(
     combine: bool,
 ) -> None:
     """Score each baseline on the held-out groups and compare the probes with the best one, and (with ``combine``
-    and an entropy baseline) the probe + entropy combination with entropy alone, paired over the same bootstrap
-    resamples of the held-out groups. ``probe_logits`` holds the held-out rows' logits and, on the training rows,
+    and an uncertainty baseline) the probe + uncertainty combination with the uncertainty baselines alone, paired
+    over the same bootstrap resamples of the held-out groups. ``probe_logits`` holds the held-out rows' logits and, on the training rows,
     out-of-fold logits (the combination is fitted there on logits the probe did not train on)."""
     settings, (train, heldout) = probes.config.settings, split
     check_baselines(baselines, len(y))
@@ -750,15 +754,32 @@ def _evaluate_baselines(
     probes.config.versus_best_baseline = {
         "baseline": names[best], **compare(probe_logits[:, heldout], probabilities[best])
     }
-    if combine and "entropy" in baselines:
-        entropy = baselines["entropy"].cpu().double().expand_as(probe_logits)
-        combined = fit_logistic(torch.stack([probe_logits, entropy], dim=-1), y, train, balanced=balanced)[:, heldout]
-        combined_metrics = heldout_metrics(combined, y_held, held_groups, n_bootstrap=settings.n_bootstrap, seed=settings.seed)
-        probes.config.with_entropy = {
-            "auroc": combined_metrics.values["auroc"].tolist(), "auroc_low": combined_metrics.low["auroc"].tolist(),
-            "auroc_high": combined_metrics.high["auroc"].tolist(),
-            "minus_entropy": compare(combined, probabilities[names.index("entropy")]),
-        }  # fmt: skip
+    uncertainty = [name for name in UNCERTAINTY_BASELINES if name in baselines]
+    if combine and uncertainty:
+        probes.config.with_uncertainty = _with_uncertainty(
+            [baselines[name].cpu().double() for name in uncertainty], probe_logits, y, split, held_groups, settings, compare
+        ) | {"features": uncertainty}
+
+
+def _with_uncertainty(
+    uncertainty: list[Tensor], probe_logits: Float[Tensor, "n_layers n"], y: Tensor, split: tuple[Tensor, Tensor],
+    held_groups: list[str], settings: ProbeSettings, compare: Callable[..., dict[str, list[float]]],
+) -> dict[str, Any]:
+    """Held-out AUROC of each layer's probe logit beside the ``uncertainty`` features, of those features alone, and
+    the paired difference (each combination a logistic regression fitted on the training rows)."""
+    (train, heldout), balanced = split, settings.class_weight == "balanced"
+    alone_features = torch.stack(uncertainty, dim=-1).unsqueeze(0)
+    alone = fit_logistic(alone_features, y, train, balanced=balanced)[:, heldout]
+    features = torch.cat([probe_logits.unsqueeze(-1), alone_features.expand(len(probe_logits), -1, -1)], dim=-1)
+    combined = fit_logistic(features, y, train, balanced=balanced)[:, heldout]
+    scored = heldout_metrics(torch.cat([combined, alone]), y[heldout].double(), held_groups,
+                             n_bootstrap=settings.n_bootstrap, seed=settings.seed)  # fmt: skip
+    auroc, low, high = (part["auroc"].tolist() for part in (scored.values, scored.low, scored.high))
+    return {
+        "auroc": auroc[:-1], "auroc_low": low[:-1], "auroc_high": high[:-1],
+        "uncertainty_auroc": auroc[-1], "uncertainty_auroc_low": low[-1], "uncertainty_auroc_high": high[-1],
+        "minus_uncertainty": compare(combined, alone[0]),
+    }  # fmt: skip
 
 
 def _paired_auroc_difference(

@@ -18,7 +18,7 @@ METRIC_NAMES = {"auroc": "AUROC", "auprc": "AUPRC", "balanced_accuracy": "balanc
 
 
 def plot_layer_metrics(probes: LayerProbes, metrics: Sequence[str] = ("auroc", "auprc", "balanced_accuracy", "f1")) -> Figure:
-    """Held-out metrics per layer with their bootstrap intervals, the control's AUROC, the baselines, probe + entropy,
+    """Held-out metrics per layer with their bootstrap intervals, the control's AUROC, the baselines, probe + uncertainty,
     the cross-validated AUROC on the training problems, and the best layer (chosen by it) marked."""
     result = probes.metrics
     x = list(range(probes.n_layers))
@@ -31,9 +31,10 @@ def plot_layer_metrics(probes: LayerProbes, metrics: Sequence[str] = ("auroc", "
         axis.plot(x, probes.config.control_task_auroc, linestyle="--", color="grey", label="AUROC, control task (token types)")
     if probes.config.cv_auroc is not None:
         axis.plot(x, probes.config.cv_auroc, linestyle=":", marker=".", color="black", label="CV AUROC, training problems")
-    if probes.with_entropy is not None:
-        combined = probes.with_entropy
-        line = axis.plot(x, combined["auroc"], marker="s", markersize=2, label="AUROC, probe + entropy")[0]
+    if probes.with_uncertainty is not None:
+        combined = probes.with_uncertainty
+        label = f"AUROC, probe + {' + '.join(combined['features'])}"
+        line = axis.plot(x, combined["auroc"], marker="s", markersize=2, label=label)[0]
         axis.fill_between(x, combined["auroc_low"], combined["auroc_high"], color=line.get_color(), alpha=0.1)
     for name, baseline in probes.baseline_metrics.items():
         line = axis.axhline(baseline["auroc"], linestyle="-.", linewidth=1, label=f"AUROC, {name} baseline (no probe)")

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lens_pivotal.probes.examples import group_split, probe_examples
+from lens_pivotal.probes.examples import NegativeRecipe, group_split, probe_examples
 from lens_pivotal.probes.layer_probes import LayerProbes, ProbeSettings, train_probes
 from lens_pivotal.probes.workflow import last_block_rows
 from lens_pivotal.pts.schema import PivotalToken
@@ -67,6 +67,7 @@ def transfer_matrix(
     datasets: Mapping[str, Iterable[PivotalToken] | str | os.PathLike],
     *,
     settings: ProbeSettings | None = None,
+    negatives: NegativeRecipe = "matched",
     negatives_per_positive: float = 1.0,
     layers: Sequence[int] | None = None,
     batch_size: int = 16,
@@ -85,7 +86,9 @@ def transfer_matrix(
     settings = replace(settings or ProbeSettings(), n_permutations=0)  # a cell reports no p-value: no null to train
     families = {}
     for name, rows in datasets.items():
-        examples = probe_examples(model, rows, negatives_per_positive=negatives_per_positive, seed=settings.seed)
+        examples = probe_examples(
+            model, rows, negatives=negatives, negatives_per_positive=negatives_per_positive, seed=settings.seed
+        )
         acts = examples.cache(model, layers=layers, batch_size=batch_size, progress=False)
         baselines = examples.baselines(model, final_resid=last_block_rows(model, acts, layers), batch_size=batch_size)
         _, heldout = group_split(examples.groups, test_fraction=settings.val_fraction, seed=settings.seed)

@@ -8,16 +8,29 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from lens_pivotal._io import atomic_dir
-from lens_pivotal.probes.examples import ProbeExamples, probe_examples
+from lens_pivotal.probes.direction import DeltaRegression, delta_regression, direction_probes, format_delta_table
+from lens_pivotal.probes.examples import NegativeRecipe, ProbeExamples, probe_examples
 from lens_pivotal.probes.layer_probes import LayerProbes, ProbeSettings, train_probes
 from lens_pivotal.probes.plots import plot_layer_metrics, plot_projection
 from lens_pivotal.probes.views import token_scores_view
 from lens_pivotal.pts.schema import PivotalToken
 from lens_pivotal.viz import format_table, save_figure
+
+
+@dataclass
+class ProbeRun:
+    """What :func:`train_on_pts` trained and measured: the pivotal-token probes, their examples, and what the stream
+    knows of the pivot's direction (:mod:`lens_pivotal.probes.direction`; ``None`` where every pivot has one sign)."""
+
+    probes: LayerProbes
+    examples: ProbeExamples
+    direction: LayerProbes | None
+    delta_regression: DeltaRegression | None
 
 
 def train_on_pts(
@@ -26,37 +39,54 @@ def train_on_pts(
     out: str | os.PathLike,
     *,
     model_source: str = "",
+    negatives: NegativeRecipe = "matched",
     negatives_per_positive: float = 1.0,
     layers: Sequence[int] | None = None,
     embeddings: bool = False,
     batch_size: int = 16,
     settings: ProbeSettings | None = None,
     overwrite: bool = False,
-) -> tuple[LayerProbes, ProbeExamples]:
+) -> ProbeRun:
     """Train probes on PTS ``rows`` and write ``out/probes/``, ``metrics.json``, ``layer_metrics.png``,
-    ``projection_best_layer.png`` and ``scores_best_layer.html`` / ``scores_all_layers.html`` (a held-out text).
+    ``projection_best_layer.png`` and ``scores_best_layer.html`` / ``scores_all_layers.html`` (a held-out text);
+    with pivots of both signs also the direction probes (``out/direction_probes/``) and the ``prob_delta``
+    regression (in ``metrics.json``).
 
     ``out`` is written whole or not at all: an existing, non-empty ``out`` is refused before any work unless
     ``overwrite``, which replaces it (no file of an earlier run is left beside the new ones). ``settings`` (a
-    :class:`~lens_pivotal.probes.ProbeSettings`) say how to train; its ``seed`` also seeds the negatives.
+    :class:`~lens_pivotal.probes.ProbeSettings`) say how to train; its ``seed`` also seeds the negatives, drawn by
+    the ``negatives`` recipe (:func:`~lens_pivotal.probes.probe_examples`).
     """
     settings = settings or ProbeSettings()
     with atomic_dir(out, overwrite=overwrite) as scratch:
-        examples = probe_examples(model, rows, negatives_per_positive=negatives_per_positive, seed=settings.seed)
+        examples = probe_examples(
+            model, rows, negatives=negatives, negatives_per_positive=negatives_per_positive, seed=settings.seed
+        )
         acts = examples.cache(model, layers=layers, embeddings=embeddings, batch_size=batch_size, progress=False)
         baselines = examples.baselines(model, final_resid=last_block_rows(model, acts, layers), batch_size=batch_size)
+        where = {"model": model, "layers": layers, "embeddings": embeddings, "settings": settings}
         probes = train_probes(
-            acts, examples.labels, groups=examples.groups, model=model, layers=layers, embeddings=embeddings,
-            settings=settings, baselines=baselines, control_types=examples.current_tokens,
+            acts, examples.labels, groups=examples.groups, baselines=baselines, control_types=examples.current_tokens,
+            **where,
         )
         probes.config.model_source = model_source
-        _write_artefacts(model, probes, examples, acts, scratch)
-    return probes, examples
+        run = ProbeRun(probes, examples, None, None)
+        if len({delta > 0 for delta in examples.prob_deltas if delta is not None}) == 2:
+            run.direction = direction_probes(acts, examples, baselines=baselines, **where)
+            run.direction.config.model_source = model_source
+            run.delta_regression = delta_regression(acts, examples, baselines, settings=settings)
+        _write_artefacts(model, run, acts, scratch)
+    return run
 
 
-def _write_artefacts(model: Any, probes: LayerProbes, examples: ProbeExamples, acts: Any, out: Path) -> None:
+def _write_artefacts(model: Any, run: ProbeRun, acts: Any, out: Path) -> None:
+    probes, examples = run.probes, run.examples
     probes.save(out / "probes")
-    (out / "metrics.json").write_text(json.dumps(metrics_record(probes, examples), indent=1))
+    record = metrics_record(probes, examples)
+    if run.direction is not None:
+        run.direction.save(out / "direction_probes")
+        record |= {"direction": probe_results(run.direction), "prob_delta_regression": asdict(run.delta_regression)}
+    (out / "metrics.json").write_text(json.dumps(record, indent=1))
     save_figure(plot_layer_metrics(probes), out / "layer_metrics.png")
     best = probes.slot(probes.best_layer)
     projection = plot_projection(
@@ -89,11 +119,19 @@ def heldout_text(probes: LayerProbes, examples: ProbeExamples) -> list[int]:
 def metrics_record(probes: LayerProbes, examples: ProbeExamples) -> dict[str, Any]:
     """JSON-ready summary: data counts, per-layer metrics with intervals, the control task, selectivity, the
     permutation p-values and the best layer."""
+    return {
+        "model_name": probes.config.model_name,
+        "examples": {"total": len(examples), "pivotal": sum(examples.labels), "texts": len(examples.token_ids),
+                     "groups": len(set(examples.groups)), "rows_not_mapped": examples.mismatches,
+                     "negatives": examples.negatives, "answer_index_ks": examples.position_ks},
+        **probe_results(probes),
+    }
+
+
+def probe_results(probes: LayerProbes) -> dict[str, Any]:
+    """JSON-ready results of evaluated probes: split sizes, per-layer metrics, controls, baselines, best layer."""
     config = probes.config
     return {
-        "model_name": config.model_name,
-        "examples": {"total": len(examples), "pivotal": sum(examples.labels), "texts": len(examples.token_ids),
-                     "groups": len(set(examples.groups)), "rows_not_mapped": examples.mismatches},
         "n_train": config.n_train,
         "n_heldout": config.n_heldout,
         "layers": probes.layer_labels,
@@ -108,7 +146,7 @@ def metrics_record(probes: LayerProbes, examples: ProbeExamples) -> dict[str, An
         "l2": config.l2,
         "baselines": config.baseline_metrics,
         "versus_best_baseline": config.versus_best_baseline,
-        "probe_plus_entropy": config.with_entropy,
+        "probe_plus_uncertainty": config.with_uncertainty,
     }
 
 
@@ -116,8 +154,8 @@ def format_layer_table(probes: LayerProbes) -> str:
     """A fixed-width table, one row per layer: held-out AUROC with its interval, the grouped cross-validated AUROC
     on the training problems (which picks the best layer), AUPRC, the control task's AUROC, selectivity (AUROC minus
     the control task's), the permutation p-value and the L2 used; with baselines, the paired differences against the
-    best baseline and of
-    probe + entropy against entropy alone. Preceded by the baseline table when there are baselines."""
+    best baseline and of probe + uncertainty (entropy, top-1 probability) against the uncertainty alone. Preceded by
+    the baseline table when there are baselines."""
     result, config = probes.metrics, probes.config
     missing = [float("nan")] * probes.n_layers
     cv_auroc, control, p_values = (values or missing for values in (config.cv_auroc, config.control_task_auroc, config.permutation_p))
@@ -130,14 +168,15 @@ def format_layer_table(probes: LayerProbes) -> str:
             *(f"{number:.3f}" for number in numbers), f"{config.l2[index]:.0e}",
         ])  # fmt: skip
     header = ["layer", "AUROC [95% CI]", "CV AUROC", "AUPRC", "control task", "select.", "perm. p", "l2"]
-    versus, with_entropy = probes.versus_best_baseline, probes.with_entropy
+    versus, with_uncertainty = probes.versus_best_baseline, probes.with_uncertainty
     if versus is not None:
         header.append(f"AUROC - {versus['baseline']} [95% CI]")
         for index, row in enumerate(rows):
             row.append(_with_interval(versus["value"][index], versus["low"][index], versus["high"][index], signed=True))
-    if with_entropy is not None:
-        header.append("(probe+entropy) - entropy [95% CI]")
-        gain = with_entropy["minus_entropy"]
+    if with_uncertainty is not None:
+        features = "+".join(with_uncertainty["features"])
+        header.append(f"(probe+{features}) - ({features}) [95% CI]")
+        gain = with_uncertainty["minus_uncertainty"]
         for index, row in enumerate(rows):
             row.append(_with_interval(gain["value"][index], gain["low"][index], gain["high"][index], signed=True))
     notes = [_layer_note(probes, index) for index in range(len(rows))]
@@ -175,12 +214,25 @@ def format_baseline_table(probes: LayerProbes) -> str:
 
 def probe_demo(model: Any, out: str | os.PathLike, *, model_source: str = "embedded") -> str:
     """``make demo``'s probe part: train on the shipped PTS dataset, write everything under ``out``, return the
-    print-ready summary and layer table."""
+    print-ready summary, the layer table and what the stream knows of the pivot's direction."""
     from lens_pivotal.pts.schema import load_shipped_pts
 
-    probes, examples = train_on_pts(model, load_shipped_pts(), out, model_source=model_source)
-    config = probes.config
-    return (
-        f"{examples}\ntrained on {config.n_train} rows, evaluated on {config.n_heldout} held-out rows "
-        f"({len(config.heldout_groups)} problems)\n\n{format_layer_table(probes)}"
-    )
+    run = train_on_pts(model, load_shipped_pts(), out, model_source=model_source)
+    return format_run(run)
+
+
+def format_run(run: ProbeRun) -> str:
+    """The examples, the pivotal-token layer table and, when trained, the direction probes and the ``prob_delta``
+    regression, as printed by ``make demo`` and ``probe train``."""
+    config = run.probes.config
+    parts = [
+        f"{run.examples}\ntrained on {config.n_train} rows, evaluated on {config.n_heldout} held-out rows "
+        f"({len(config.heldout_groups)} problems)", format_layer_table(run.probes),
+    ]  # fmt: skip
+    if run.direction is not None:
+        parts += [
+            "Which way does the pivot go? Probes of the sign of prob_delta (1: the pivot raises P(success)), on the "
+            f"pivotal rows only\n{format_layer_table(run.direction)}",
+            format_delta_table(run.delta_regression, run.probes.layer_labels),
+        ]
+    return "\n\n".join(parts)

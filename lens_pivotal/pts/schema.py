@@ -36,7 +36,10 @@ class PivotalToken:
 
     ``pivot_context`` is the decoded prompt plus every generated token before the pivot, so the residual stream at
     its last token is the one whose next-token prediction is the pivot. ``position`` (v2) is the pivot's absolute
-    token index in the prompt + solution sequence, ``None`` when the source did not record it.
+    token index in the prompt + solution sequence, ``None`` when the source did not record it. ``solution`` (our
+    extension, optional) is the whole sampled solution the pivot was found on, decoded as ``pivot_context`` is
+    (prompt included): ``pivot_context + pivot_token`` is its prefix, and the search graded every token of it, so
+    the states after the last pivot are known not to be pivotal too. ``None`` where the source did not keep it.
     """
 
     model_id: str
@@ -51,6 +54,7 @@ class PivotalToken:
     dataset_item_id: str
     timestamp: str = ""
     position: int | None = None
+    solution: str | None = None
 
     @property
     def prob_delta(self) -> float:
@@ -71,13 +75,11 @@ class PivotalToken:
         return (self.dataset_id, self.dataset_item_id) if self.dataset_item_id else ("", self.query)
 
     def to_dict(self) -> dict[str, Any]:
-        """The row as a PTS v1 JSON object, plus ``position`` when known."""
+        """The row as a PTS v1 JSON object, plus ``position`` and ``solution`` when known."""
         row = asdict(self)
-        position = row.pop("position")
-        timestamp = row.pop("timestamp")
-        row.update(prob_delta=self.prob_delta, is_positive=self.is_positive, timestamp=timestamp)
+        row.update(prob_delta=self.prob_delta, is_positive=self.is_positive)
         ordered = {name: row[name] for name in V1_FIELD_ORDER}
-        return ordered if position is None else {**ordered, "position": position}
+        return ordered | {name: row[name] for name in OPTIONAL_FIELDS if row[name] is not None}
 
     def dedup_key(self) -> str:
         """Identity of the row ignoring ``timestamp``: equal keys are exact duplicates."""
@@ -109,6 +111,7 @@ class PivotalToken:
             dataset_item_id=check.item_id("dataset_item_id"),
             timestamp=check.timestamp("timestamp"),
             position=check.integer("position") if row.get("position") is not None else None,
+            solution=check.solution(row.get("pivot_context", "") + row.get("pivot_token", "")),
         )
         check.consistent(parsed)
         return parsed
@@ -118,6 +121,7 @@ V1_FIELD_ORDER = (
     "model_id", "query", "pivot_context", "pivot_token", "pivot_token_id", "prob_before", "prob_after",
     "prob_delta", "is_positive", "task_type", "dataset_id", "dataset_item_id", "timestamp",
 )
+OPTIONAL_FIELDS = ("position", "solution")
 
 
 @dataclass
@@ -174,6 +178,15 @@ class _FieldChecker:
             return value.isoformat()
         if not isinstance(value, str):
             raise self._fail(name, f"must be an ISO date string, got {type(value).__name__} {value!r}")
+        return value
+
+    def solution(self, pivot_text: str) -> str | None:
+        """The optional ``solution``: a string that starts with ``pivot_context + pivot_token``."""
+        if self.row.get("solution") is None:
+            return None
+        value = self.string("solution")
+        if not value.startswith(pivot_text):
+            raise self._fail("solution", "must start with pivot_context + pivot_token")
         return value
 
     def consistent(self, parsed: PivotalToken) -> None:

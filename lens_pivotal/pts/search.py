@@ -196,7 +196,7 @@ class ProblemSearch:
             pivot_token=self.tokenizer.decode([token]), pivot_token_id=token,
             prob_before=before, prob_after=after, task_type=problem.task_type, dataset_id=problem.dataset_id,
             dataset_item_id=problem.item_id, timestamp=datetime.datetime.now().isoformat(timespec="seconds"),
-            position=len(prompt_ids) + index,
+            position=len(prompt_ids) + index, solution=self.tokenizer.decode(prompt_ids + solution),
         )
 
     def settings(self) -> dict[str, Any]:
@@ -240,7 +240,8 @@ def search_pivotal_tokens(
     out: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> Iterator[PivotalToken]:
-    """Find pivotal tokens of ``model`` on ``problems``, yielding PTS rows (v1 fields plus ``position``).
+    """Find pivotal tokens of ``model`` on ``problems``, yielding PTS rows (v1 fields plus ``position``,
+    and ``solution``: the whole sampled solution each pivot was found on).
 
     Args:
         model: a TransformerLens ``TransformerBridge`` (``load_model``/``embedded_model``): its tokenizer formats
