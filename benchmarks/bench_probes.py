@@ -187,7 +187,7 @@ def cv_loss(x: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float) -> float
 def sklearn_cv(data: ProbeData, split: Split) -> np.ndarray:
     """Held-out AUROC per layer of ours_default's recipe with sklearn: standardise, grouped CV over the L2 grid, refit."""
     y_train, y_heldout = data.labels[split.train], data.labels[split.heldout]
-    folds = group_folds([data.groups[i] for i in split.train], SETTINGS.cv_folds, SETTINGS.seed).numpy()
+    folds = group_folds([data.groups[i] for i in split.train], SETTINGS.cv_folds, SETTINGS.seed, y_train).numpy()
     aurocs = []
     for x in data.acts.double().numpy():
         mean, scale = x[split.train].mean(0), np.maximum(x[split.train].std(0, ddof=1), 1e-6)

@@ -62,7 +62,9 @@ def qwen3_tok(session_cache_dir: Path):
 
 
 def synthetic_pts_rows(tokenizer, n_problems: int = 8):
-    """PTS rows with two pivots per problem on one solution each, valid under ``tokenizer`` (for probe tests)."""
+    """PTS rows with two pivots per problem on one solution each (carried as ``solution``), valid under ``tokenizer``
+    (for probe tests). The pivots sit at answer indices that vary between problems, so that each has states of other
+    problems to match a negative to."""
     from lens_pivotal.pts import PivotalToken
 
     rows = []
@@ -71,12 +73,12 @@ def synthetic_pts_rows(tokenizer, n_problems: int = 8):
         query = f"Sam has {a} apples and buys {b} more. How many apples does Sam have?"
         ids = tokenizer(f"{query} Sam had {a}, then bought {b}, so {a} + {b} = {a + b}. The answer is {a + b}.",
                         add_special_tokens=False)["input_ids"]
-        for pivot in (len(ids) - 12, len(ids) - 4):
+        for pivot in (len(ids) - 12 - item % 3, len(ids) - 4 - item % 2):
             rows.append(PivotalToken(
                 model_id="synthetic", query=query, pivot_context=tokenizer.decode(ids[:pivot]),
                 pivot_token=tokenizer.decode([ids[pivot]]), pivot_token_id=ids[pivot], prob_before=0.3,
                 prob_after=0.7 if pivot % 2 else 0.05, task_type="arithmetic", dataset_id="synthetic",
-                dataset_item_id=str(item),
+                dataset_item_id=str(item), solution=tokenizer.decode(ids),
             ))
     return rows
 
@@ -175,3 +177,16 @@ def hf_token_ids(reference, text: str) -> torch.Tensor:
     """``[1, seq]`` ids from the checkpoint's own tokenizer (loaded from the plain HF ``reference`` model's directory)
     with its defaults: the independent reference for the package's tokenization rule."""
     return torch.tensor([_checkpoint_tokenizer(str(reference.name_or_path))(text)["input_ids"]])
+
+
+def sklearn_group_folds(groups, labels, n_folds: int, seed: int):
+    """Fold index per row from scikit-learn's ``StratifiedGroupKFold`` (shuffled, seeded): the reference the probes'
+    grouped cross-validation must follow."""
+    import numpy as np
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    folds = np.zeros(len(groups), dtype=np.int64)
+    splitter = StratifiedGroupKFold(n_splits=min(n_folds, len(set(groups))), shuffle=True, random_state=seed)
+    for fold, (_, test) in enumerate(splitter.split(np.zeros(len(groups)), np.asarray(labels), np.asarray(groups))):
+        folds[test] = fold
+    return folds

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 import lens_pivotal as lp
 from lens_pivotal.probes.baselines import BASELINE_L2, fit_baselines, token_log_odds
 from lens_pivotal.testing import tiny_qwen_dir
+from conftest import sklearn_group_folds
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def test_probe_plus_uncertainty_equals_stacked_sklearn_fits_and_adds_only_where_
     settings = lp.probes.ProbeSettings(l2=1e-1, standardize=False, class_weight=None, n_bootstrap=300)
     probes = lp.train_probes(acts, labels, groups=groups, baselines=baselines, settings=settings)
     train, heldout = lp.probes.group_split(groups, test_fraction=0.2, seed=0)
-    folds = lp.probes.group_folds([groups[i] for i in train], settings.cv_folds, settings.seed).numpy()
+    folds = sklearn_group_folds([groups[i] for i in train], labels[train].numpy(), settings.cv_folds, settings.seed)
     uncertainty, y = np.stack([baselines["entropy"].numpy(), baselines["top1_prob"].numpy()], axis=1), labels.numpy()
     combined = probes.with_uncertainty
     assert combined["features"] == ["entropy", "top1_prob"]

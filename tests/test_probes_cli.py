@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 
 import pytest
@@ -32,7 +33,8 @@ def test_train_writes_probes_metrics_plots_and_views(trained, capsys):
                  "projection_best_layer.png", "scores_best_layer.html", "scores_all_layers.html"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["examples"]["pivotal"] == 16 and metrics["examples"]["total"] == 48
+    assert metrics["examples"]["pivotal"] == 16 and 32 <= metrics["examples"]["total"] <= 48  # 2 per positive at most
+    assert metrics["examples"]["negatives"] == "matched" and metrics["examples"]["answer_index_ks"] <= 0.15
     assert metrics["layers"] == ["0", "1", "2"] and metrics["best_layer"] in metrics["layers"]
 
 
@@ -57,6 +59,20 @@ def test_score_prints_each_token_with_its_score(trained, capsys, tmp_path):
     assert "P(next token is pivotal), layer" in printed
     assert "' +'" in printed and printed.count("<- likely pivot next") == 9  # So, space, 3, +, space, 4, =, space, 7
     assert (tmp_path / "s.html").is_file()
+
+
+def test_score_marks_at_a_false_positive_rate(trained, capsys):
+    from lens_pivotal.probes.layer_probes import LayerProbes
+
+    _, out, _ = trained
+    capsys.readouterr()
+    assert run(["probe", "score", "--probes", str(out / "probes"), "--device", "cpu", "--fpr", "0.25", "So 3 + 4 = 7"]) == 0
+    printed = capsys.readouterr().out
+    threshold = LayerProbes.load(out / "probes").threshold_at_fpr(0.25)
+    assert f"marked at >= {threshold:.3f}" in printed
+    scores = [float(match[1]) for match in re.finditer(r"^\s*\d+\s+'.*'\s+(\d\.\d{3})", printed, flags=re.MULTILINE)]
+    assert len(scores) == 9
+    assert printed.count("<- likely pivot next") == sum(score >= threshold for score in scores)
 
 
 def test_errors_are_one_line(trained, capsys, tmp_path):

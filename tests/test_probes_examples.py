@@ -17,7 +17,7 @@ SEED_A_LABELS = FIXTURES / "seed_a_probe_label_examples.jsonl"
 
 
 def test_real_rows_give_seed_a_positions(qwen3_tok):
-    examples = probe_examples(qwen3_tok, lp.load_pts(REAL_ROWS))
+    examples = probe_examples(qwen3_tok, lp.load_pts(REAL_ROWS), negatives="algoverse")  # the recipe seed A used
     seed_a = [json.loads(line) for line in SEED_A_LABELS.read_text().splitlines()][3]
     seed_a_ids = qwen3_tok(seed_a["text"], add_special_tokens=False)["input_ids"]
     assert seed_a["labels"].index(1) == 38
@@ -32,7 +32,7 @@ def test_real_rows_give_seed_a_positions(qwen3_tok):
 
 def test_real_rows_positive_is_the_last_context_token(qwen3_tok):
     rows = lp.load_pts(REAL_ROWS)
-    examples = probe_examples(qwen3_tok, rows)
+    examples = probe_examples(qwen3_tok, rows, negatives="nearest")  # three v1 rows: too few texts to match on
     assert sum(examples.labels) == 3 and not examples.mismatches
     for index in [i for i, label in enumerate(examples.labels) if label == 1]:
         row = rows[examples.source_rows[index]]
@@ -74,22 +74,22 @@ def answer_indices_by_hand(tokenizer, examples, label):
     return sorted(indices)
 
 
-def with_solutions(tokenizer, rows):
-    """The synthetic rows carrying their whole solution (each problem's text, which its pivots cut)."""
-    solved = []
-    for row in rows:
-        a, b = int(row.query.split()[2]), int(row.query.split()[6])
-        solution = f"{row.query} Sam had {a}, then bought {b}, so {a} + {b} = {a + b}. The answer is {a + b}."
-        solved.append(replace(row, solution=solution))
-    return solved
+def cut_at_last_pivot(rows):
+    """The rows as a v1 PTS file holds them: no ``solution``, so each text ends at its last pivot."""
+    return [replace(row, solution=None) for row in rows]
 
 
 def test_matched_negatives_sit_at_the_positives_answer_indices(qwen3_tok, synthetic_rows):
-    """Even problems keep their first pivot, odd ones their second: with whole solutions, each positive's answer
-    index then has states of the other problems that are no positive, and those are drawn."""
-    rows = [row for number, row in enumerate(with_solutions(qwen3_tok, synthetic_rows)) if number % 2 == number // 2 % 2]
-    examples = probe_examples(qwen3_tok, rows, seed=2)
-    assert examples.negatives == "matched" and examples.labels.count(0) == examples.labels.count(1) == 8
+    """Each positive gets a negative at its own answer index, from any problem; cut at their last pivots, the texts
+    leave some positives without one, and those are set aside (or matched to the nearest index)."""
+    examples = probe_examples(qwen3_tok, synthetic_rows, seed=2)
+    assert examples.negatives == "matched" and examples.labels.count(0) == examples.labels.count(1) == 16
+    with pytest.warns(UserWarning, match=r"positives had no negative at their answer index"):
+        dropped = probe_examples(qwen3_tok, cut_at_last_pivot(synthetic_rows), seed=2)
+    kept = probe_examples(qwen3_tok, cut_at_last_pivot(synthetic_rows), negatives="nearest", seed=2)
+    assert dropped.unmatched_positives > 0 and sum(dropped.labels) + dropped.unmatched_positives == 16 == sum(kept.labels)
+    assert dropped.position_ks == 0 < kept.position_ks
+    assert answer_indices_by_hand(qwen3_tok, dropped, 0) == answer_indices_by_hand(qwen3_tok, dropped, 1)
     assert answer_indices_by_hand(qwen3_tok, examples, 0) == answer_indices_by_hand(qwen3_tok, examples, 1)
     assert examples.position_ks == 0.0
     negatives = {(examples.groups[i], examples.positions[i]) for i, label in enumerate(examples.labels) if label == 0}
@@ -98,8 +98,8 @@ def test_matched_negatives_sit_at_the_positives_answer_indices(qwen3_tok, synthe
 
 
 def test_rows_with_solutions_are_read_on_the_whole_solution(qwen3_tok, synthetic_rows):
-    rows = with_solutions(qwen3_tok, synthetic_rows)
-    examples = probe_examples(qwen3_tok, rows, negatives_per_positive=100)  # every answer state that is no positive
+    rows = synthetic_rows
+    examples = probe_examples(qwen3_tok, rows, negatives="nearest", negatives_per_positive=100)  # every non-pivotal state
     assert sorted(set(examples.texts)) == sorted({row.solution for row in rows})
     for text, ids in enumerate(examples.token_ids):
         members = [i for i, t in enumerate(examples.text_index) if t == text]
@@ -110,6 +110,7 @@ def test_rows_with_solutions_are_read_on_the_whole_solution(qwen3_tok, synthetic
         assert max(expected) > max(positives)  # states after the last pivot
     cut = probe_examples(qwen3_tok, rows, negatives="algoverse", negatives_per_positive=100)
     assert sorted(set(cut.texts)) == sorted({row.pivot_context + row.pivot_token for row in rows[1::2]})
+    assert probe_examples(qwen3_tok, rows, negatives="algoverse").position_ks > 0.15
 
 
 def test_position_ks_equals_scipy(qwen3_tok, synthetic_rows):
@@ -232,11 +233,11 @@ def test_shipped_dataset_maps_all_but_the_two_retokenized_rows(embedded_dir):
 
 
 def test_solutions_sharing_a_prefix_never_make_a_positive_state_a_negative(qwen3_tok, synthetic_rows):
-    first = synthetic_rows[0]
+    first = replace(synthetic_rows[0], solution=None)
     ids = lambda text: qwen3_tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     branch = replace(first, pivot_token=" maybe", pivot_token_id=ids(" maybe")[0])  # another pivot after the same context
     longer = replace(first, pivot_context=first.pivot_context + " so", pivot_token=" ok", pivot_token_id=ids(" ok")[0])
-    examples = probe_examples(qwen3_tok, [first, branch, longer], negatives_per_positive=50)
+    examples = probe_examples(qwen3_tok, [first, branch, longer], negatives="nearest", negatives_per_positive=50)
     # branch's only state of its own is its (repeated) positive, so its text holds no example
     assert len(examples.token_ids) == 2 and examples.repeated_positives == 1 and sum(examples.labels) == 2
     states: dict[tuple, int] = {}

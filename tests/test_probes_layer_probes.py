@@ -20,10 +20,10 @@ from lens_pivotal.probes import (
     ProbeConfig,
     ProbeSettings,
     evaluate_probes,
-    group_folds,
     group_split,
     train_probes,
 )
+from conftest import sklearn_group_folds
 
 PLANTED = 3
 
@@ -89,7 +89,7 @@ def test_best_layer_is_chosen_by_grouped_cross_validation_on_the_training_proble
     acts[0, train, 0] += 3 * labels[train]
     probes = train_probes(acts, labels, groups=groups, settings=settings)
     train_groups = [groups[i] for i in train]
-    folds = group_folds(train_groups, settings.cv_folds, settings.seed).numpy()
+    folds = sklearn_group_folds(train_groups, labels[train].numpy(), settings.cv_folds, settings.seed)
     for layer in range(acts.shape[0]):
         out_of_fold = np.zeros(len(train))
         for fold in np.unique(folds):

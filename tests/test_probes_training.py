@@ -19,6 +19,7 @@ from lens_pivotal.probes.training import (
     head_losses,
     loss_gradients,
 )
+from conftest import sklearn_group_folds
 
 
 def problem(seed=0, n_layers=3, n_heads=4, n=50, d_model=7):
@@ -63,6 +64,15 @@ def test_group_folds_keep_groups_whole():
     for group in set(groups):
         assert len({int(folds[i]) for i, g in enumerate(groups) if g == group}) == 1
     assert int(group_folds(["a", "b", "a"], 5).max()) == 1
+
+
+def test_stratified_group_folds_are_scikit_learns_and_each_holds_both_classes():
+    groups = [f"g{i // 4}" for i in range(80)]  # 20 groups of 4 rows; positives only in 6 groups
+    labels = [int(i // 4 in (0, 1, 2, 3, 4, 5)) for i in range(80)]
+    folds = group_folds(groups, 5, seed=1, labels=labels).numpy()
+    expected = sklearn_group_folds(groups, labels, 5, seed=1)
+    assert {tuple(np.flatnonzero(folds == f)) for f in range(5)} == {tuple(np.flatnonzero(expected == f)) for f in range(5)}
+    assert all(0 < sum(labels[i] for i in np.flatnonzero(folds == f)) for f in range(5))
 
 
 def spread_l2_problem(n=200, d_model=16, seed=0):

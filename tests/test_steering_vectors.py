@@ -67,7 +67,7 @@ def test_bad_inputs_are_named(cached):
         lp.steering_vectors(acts, examples, method="pca")
     with pytest.raises(ValueError, match="sign must be one of"):
         lp.steering_vectors(acts, examples, sign="up")
-    with pytest.raises(ValueError, match=r"acts must be \[n_layers, 48 examples, d_model\]"):
+    with pytest.raises(ValueError, match=rf"acts must be \[n_layers, {len(examples)} examples, d_model\]"):
         lp.steering_vectors(acts[:, :5], examples)
     with pytest.raises(ValueError, match="needs probes="):
         lp.steering_vectors(acts, examples, method="probe")

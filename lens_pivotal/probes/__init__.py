@@ -8,6 +8,7 @@
     lp.probes.transfer_matrix(model, {"one": "a.jsonl", "two": "b.jsonl"})  # train on one family, score the other
 """
 
+from lens_pivotal.probes.calibration import FalsePositiveRate, gate_precision
 from lens_pivotal.probes.estimator import LinearProbe
 from lens_pivotal.probes.examples import ProbeExamples, group_folds, group_split, probe_examples
 from lens_pivotal.probes.layer_probes import (
@@ -28,6 +29,8 @@ from lens_pivotal.probes.direction import DeltaRegression, delta_regression, dir
 from lens_pivotal.probes.transfer import TransferResult, format_transfer_table, transfer_matrix
 
 __all__ = [
+    "FalsePositiveRate",
+    "gate_precision",
     "ADAM_PROBE_SETTINGS",
     "BASELINES",
     "DeltaRegression",

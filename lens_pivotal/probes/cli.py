@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import get_args
 
 from lens_pivotal.cli.arguments import EMBEDDED, add_model_arguments, load_model_from_args, parse_ints
+from lens_pivotal.probes.calibration import FalsePositiveRate, Threshold, resolve_threshold
 from lens_pivotal.probes.examples import NegativeRecipe
 from lens_pivotal.probes.layer_probes import SOLVERS, ProbeSettings
 from lens_pivotal.pts.dataset import SHIPPED_DATASETS
@@ -73,9 +74,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     score.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
     score.add_argument("--layer", type=int, default=None, help="block whose probe scores (default: the best)")
-    score.add_argument("--threshold", type=float, default=0.5, help="mark tokens scored at least this (default: 0.5)")
+    add_threshold_arguments(score, "mark tokens scored at least this")
     score.add_argument("--html", default=None, help="also save a circuitsvis view to this file")
     score.set_defaults(func=_cmd_score)
+
+
+def add_threshold_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--threshold P`` or ``--fpr RATE`` (:func:`threshold_from_args`)."""
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("--threshold", type=float, default=0.5, help=f"{what} (default: 0.5)")
+    chosen.add_argument("--fpr", type=float, default=None,
+                        help="instead of --threshold: the threshold that lets through this share of the probes' "
+                        "held-out negatives (pivots are rare: 0.5 fires more often than 'likely' suggests)")  # fmt: skip
+
+
+def threshold_from_args(args: argparse.Namespace) -> Threshold:
+    """``--fpr`` as a :class:`~lens_pivotal.probes.calibration.FalsePositiveRate`, else ``--threshold``."""
+    return args.threshold if args.fpr is None else FalsePositiveRate(args.fpr)
 
 
 def add_negatives_argument(parser: argparse.ArgumentParser) -> None:
@@ -138,10 +153,12 @@ def _cmd_score(args: argparse.Namespace) -> int:
     args.model = args.model or probes.config.model_source or probes.config.model_name
     model = load_model_from_args(args)
     scores = probes.score_text(model, args.text, layer=args.layer)
-    print(f"P(next token is pivotal), layer {scores.layer_labels[0]} of {probes.config.model_name}")
+    threshold = resolve_threshold(probes, threshold_from_args(args), args.layer)
+    print(f"P(next token is pivotal), layer {scores.layer_labels[0]} of {probes.config.model_name}; marked at >= "
+          f"{threshold:.3f}")
     values = scores.scores[0].tolist()
     rows = [[str(position), repr(token), f"{value:.3f}"] for position, (token, value) in enumerate(zip(scores.tokens, values))]
-    notes = ["<- likely pivot next" if value >= args.threshold else "" for value in values]
+    notes = ["<- likely pivot next" if value >= threshold else "" for value in values]
     print(format_table(["position", "token", "score"], rows, align="rlr", notes=notes))
     if args.html:
         token_scores_view(scores).save(args.html)

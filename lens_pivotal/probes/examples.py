@@ -17,9 +17,13 @@ answer, and "how far into the answer" separates them without any probe (on the s
 index alone reached AUROC 0.75, Kolmogorov-Smirnov distance 0.47). Two recipes:
 
 - ``"matched"`` (default): a row that carries its whole sampled ``solution`` (our search writes it) is read on that
-  text, so negatives also come from after the last pivot; and negatives are drawn across the dataset's texts at the
-  same answer indices as the positives (for each positive, a negative at its index, or the nearest index left), so
-  the position in the answer carries no label. :attr:`ProbeExamples.position_ks` measures what is left.
+  text, so negatives also come from after the last pivot; and for each positive a negative is drawn, across the
+  dataset's texts, at the same answer index, so the position in the answer carries no label. A positive whose index
+  has no negative left is set aside (``unmatched_positives``): on the shipped one-step data, 36 of 153 pivots are the
+  answer's first token, predicted from the end of the prompt, a state each problem has once, so only 10 problems can
+  give a negative there. :attr:`ProbeExamples.position_ks` measures what is left (0 when every positive is matched).
+- ``"nearest"``: as ``"matched"``, but a positive whose index has no negative left gets one from the nearest index
+  that has, and every positive is kept (KS 0.17 on the shipped one-step data).
 - ``"algoverse"``: the Algoverse probing project's recipe, kept for reproduction and CONFOUNDED by the cut: each
   problem's texts end at their last pivot and negatives are drawn uniformly from each problem's answer positions.
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Sequence, get_args
 
@@ -41,7 +46,7 @@ from lens_pivotal.pts.problems import group_name
 from lens_pivotal.tokens import own_tokenizer
 from lens_pivotal.pts.schema import PivotalToken, load_pts
 
-NegativeRecipe = Literal["matched", "algoverse"]
+NegativeRecipe = Literal["matched", "nearest", "algoverse"]
 
 
 @dataclass
@@ -55,7 +60,8 @@ class ProbeExamples:
     ``prob_delta`` (the pivot's sign: toward or away from success). ``mismatches`` lists the rows left out and why;
     ``query_not_found`` counts texts without their query (negatives then come from the whole text);
     ``repeated_positives`` counts positives already held by another solution's text. ``answer_starts[t]`` is the
-    index of text ``t``'s first answer token; ``negatives`` names the recipe that drew the negatives.
+    index of text ``t``'s first answer token; ``negatives`` names the recipe that drew the negatives, and
+    ``unmatched_positives`` counts the positives it set aside for want of a negative at their answer index.
     """
 
     texts: list[str]
@@ -71,6 +77,7 @@ class ProbeExamples:
     answer_starts: list[int] = field(default_factory=list)
     prob_deltas: list[float | None] = field(default_factory=list)
     negatives: NegativeRecipe = "matched"
+    unmatched_positives: int = 0
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -80,8 +87,8 @@ class ProbeExamples:
         return (
             f"ProbeExamples({len(self)} examples: {positives} pivotal, {len(self) - positives} not; "
             f"{len(self.token_ids)} texts, {len(set(self.groups))} groups; {len(self.mismatches)} rows not mapped, "
-            f"{self.repeated_positives} repeated pivot states; {self.negatives} negatives, answer-index KS "
-            f"{self.position_ks:.2f})"
+            f"{self.repeated_positives} repeated pivot states; {self.negatives} negatives, "
+            f"{self.unmatched_positives} positives without one, answer-index KS {self.position_ks:.2f})"
         )
 
     @property
@@ -156,8 +163,10 @@ def probe_examples(
         rows: PTS rows (:class:`~lens_pivotal.pts.PtsData`, a list of :class:`~lens_pivotal.pts.PivotalToken`) or a
             path/hub id for :func:`~lens_pivotal.pts.load_pts`.
         negatives: ``"matched"`` (texts as long as the rows' ``solution``; negatives at the positives' answer
-            indices, drawn across each dataset's texts) or ``"algoverse"`` (texts cut at the last pivot, negatives
-            uniform over each problem's answer: confounded by position, for reproduction only); see the module.
+            indices, drawn across each dataset's texts; positives without one set aside), ``"nearest"`` (the same,
+            keeping every positive, its negative from the nearest index left) or ``"algoverse"`` (texts cut at the
+            last pivot, negatives uniform over each problem's answer: confounded by position, for reproduction
+            only); see the module.
         negatives_per_positive: negatives drawn per positive (fewer where the answers hold too few positions).
         seed: seed of the negative sampling.
 
@@ -178,7 +187,15 @@ def probe_examples(
     builder = _ExampleBuilder(tokenizer, negatives, negatives_per_positive, random.Random(seed))
     for key, members in _rows_by_problem(rows).items():
         builder.add_problem(key, members)
-    return builder.finish()
+    examples = builder.finish()
+    if examples.unmatched_positives:
+        warnings.warn(
+            f"{examples.unmatched_positives} of {examples.unmatched_positives + sum(examples.labels)} positives had no "
+            "negative at their answer index and were set aside (negatives='nearest' keeps them, matched to the nearest "
+            "index, at the price of some position confound; rows with a 'solution' give more negatives)",
+            stacklevel=2,
+        )
+    return examples
 
 
 def group_split(
@@ -200,14 +217,26 @@ def group_split(
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
-def group_folds(groups: Sequence[str], n_folds: int, seed: int = 0) -> Tensor:
-    """Fold index per example for grouped cross-validation: whole groups per fold, shuffled and dealt round-robin
-    (``min(n_folds, n_groups)`` folds)."""
+def group_folds(groups: Sequence[str], n_folds: int, seed: int = 0, labels: Sequence[int] | Tensor | None = None) -> Tensor:
+    """Fold index per example for grouped cross-validation: whole groups per fold, ``min(n_folds, n_groups)`` folds.
+
+    With ``labels``, scikit-learn's ``StratifiedGroupKFold`` (shuffled, seeded) deals the groups so that every fold
+    keeps about the classes' overall ratio (a fold without positives would score nothing); without, groups are
+    shuffled and dealt round-robin. Folds are numbered from 0 without gaps.
+    """
     names = sorted(set(groups))
-    np.random.default_rng(seed).shuffle(names)
     n_folds = min(n_folds, len(names))
-    fold_of = {name: index % n_folds for index, name in enumerate(names)}
-    return torch.tensor([fold_of[group] for group in groups])
+    if labels is None or n_folds < 2:
+        np.random.default_rng(seed).shuffle(names)
+        fold_of = {name: index % n_folds for index, name in enumerate(names)}
+        return torch.tensor([fold_of[group] for group in groups])
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    folds = np.zeros(len(groups), dtype=np.int64)
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for fold, (_, test) in enumerate(splitter.split(np.zeros(len(groups)), np.asarray(labels), np.asarray(groups))):
+        folds[test] = fold
+    return torch.from_numpy(np.unique(folds, return_inverse=True)[1])
 
 
 def _generation_header(tokenizer: Any) -> str:
@@ -264,6 +293,7 @@ class _ExampleBuilder:
         self.mismatches: list[str] = []
         self.query_not_found = 0
         self.repeated_positives = 0
+        self.unmatched_positives = 0
         self.answer_header = _generation_header(tokenizer)
         self.prob_deltas: dict[int, float] = {}
 
@@ -285,8 +315,9 @@ class _ExampleBuilder:
         self.texts += texts
 
     def _full_text(self, row: PivotalToken) -> str:
-        """The text a row is read on: its whole solution where it has one (``"matched"``), else up to its pivot."""
-        if self.recipe == "matched" and row.solution is not None:
+        """The text a row is read on: its whole solution where it has one (not ``"algoverse"``), else up to its
+        pivot."""
+        if self.recipe != "algoverse" and row.solution is not None:
             return row.solution
         return row.pivot_context + row.pivot_token
 
@@ -322,21 +353,33 @@ class _ExampleBuilder:
             texts[number].negatives.append(position)
 
     def _sample_matched(self) -> None:
-        """For each positive of a dataset (in a shuffled round, ``negatives_per_positive`` rounds), one negative from
-        any of the dataset's texts at the positive's answer index, or at the nearest index that has one left."""
+        """In shuffled rounds over a dataset's positives (``negatives_per_positive`` of them), one negative per positive
+        from any of the dataset's texts at the positive's answer index. Where that index has none left: the nearest
+        index that has one (``"nearest"``), or (``"matched"``) nothing, and a positive left unmatched in the first
+        round is set aside, so that every answer index holds as many negatives per positive as any other."""
         for family in sorted({text.family for text in self.texts}):
             texts = [text for text in self.texts if text.family == family]
             by_index: dict[int, list[tuple[int, int]]] = {}
             for number, position in self._candidates(texts):
                 by_index.setdefault(position + 1 - texts[number].answer_start, []).append((number, position))
-            targets = [position + 1 - text.answer_start for text in texts for position in text.positives]
-            wanted = min(round(self.ratio * len(targets)), sum(map(len, by_index.values())))
-            for target in _rounds(targets, wanted, self.rng):
-                index = min(by_index, key=lambda index: (abs(index - target), index))
-                number, position = by_index[index].pop(self.rng.randrange(len(by_index[index])))
-                texts[number].negatives.append(position)
+            targets = [(text, position) for text in texts for position in text.positives]
+            wanted = round(self.ratio * len(targets))
+            for round_number, (text, position) in _rounds(targets, wanted, self.rng):
+                index = self._negative_index(by_index, position + 1 - text.answer_start)
+                if index is None:
+                    if round_number == 0:
+                        del text.positives[position]
+                        self.unmatched_positives += 1
+                    continue
+                number, drawn = by_index[index].pop(self.rng.randrange(len(by_index[index])))
+                texts[number].negatives.append(drawn)
                 if not by_index[index]:
                     del by_index[index]
+
+    def _negative_index(self, by_index: dict[int, list[tuple[int, int]]], target: int) -> int | None:
+        if target in by_index or not by_index:
+            return target if target in by_index else None
+        return min(by_index, key=lambda index: (abs(index - target), index)) if self.recipe == "nearest" else None
 
     def _tokenize(self, string: str, query: str, group: str, family: str) -> _Text:
         encoded = self.tokenizer(string, add_special_tokens=False, return_offsets_mapping=True)
@@ -376,12 +419,12 @@ class _ExampleBuilder:
 
     def finish(self) -> ProbeExamples:
         """Draw matched negatives, then lay every example out in text, then position, order."""
-        if self.recipe == "matched":
+        if self.recipe != "algoverse":
             self._sample_matched()
         self.texts = [text for text in self.texts if text.positives or text.negatives]
         examples = ProbeExamples(
             [], [], [], [], [], [], [], self.mismatches, self.query_not_found, self.repeated_positives,
-            negatives=self.recipe,
+            negatives=self.recipe, unmatched_positives=self.unmatched_positives,
         )
         for text_number, text in enumerate(self.texts):
             examples.answer_starts.append(text.answer_start)
@@ -400,9 +443,9 @@ class _ExampleBuilder:
         return examples
 
 
-def _rounds(targets: list[int], count: int, rng: random.Random) -> list[int]:
-    """``count`` items of ``targets``: whole shuffled passes over them, then part of one more."""
-    drawn: list[int] = []
+def _rounds(items: list[Any], count: int, rng: random.Random) -> list[tuple[int, Any]]:
+    """``count`` items as ``(round, item)``: whole shuffled passes over ``items``, then part of one more."""
+    drawn: list[tuple[int, Any]] = []
     while len(drawn) < count:
-        drawn += rng.sample(targets, len(targets))
+        drawn += [(len(drawn) // len(items), item) for item in rng.sample(items, len(items))]
     return drawn[:count]

@@ -26,6 +26,7 @@ from lens_pivotal._io import atomic_dir
 from lens_pivotal.model import UNKNOWN_MODEL, Layer, ModelBound, hook_layer, layer_label, read_hooks
 from lens_pivotal.probes.examples import group_folds, group_split
 from lens_pivotal.probes.baselines import check_baselines, fit_baselines, fit_logistic
+from lens_pivotal.probes.calibration import Threshold, operating_point, threshold_at_fpr
 from lens_pivotal.probes.controls import control_task_labels, permutation_labels, permutation_p_values
 from lens_pivotal.probes.metrics import LayerMetrics, auroc, group_bootstrap_weights, heldout_metrics
 from lens_pivotal.probes.scoring import LayerChoice, ProbeRecorder, TokenScores, recording, score_text
@@ -127,6 +128,7 @@ class ProbeConfig:
     baseline_metrics: dict[str, dict[str, float]] | None = None
     versus_best_baseline: dict[str, Any] | None = None
     with_uncertainty: dict[str, Any] | None = None
+    calibration: dict[str, list[list[float]]] | None = None
     model_source: str = ""
     format: str = FORMAT
 
@@ -142,6 +144,7 @@ class ProbeConfig:
         return replace(
             self, hook_names=[self.hook_names[index]], l2=pick(self.l2), cv_loss=pick(self.cv_loss),
             control_task_auroc=pick(self.control_task_auroc), permutation_p=pick(self.permutation_p),
+            calibration=_pick_parts(self.calibration, pick),
             cv_auroc=pick(self.cv_auroc), metrics=metrics,
             best_layer=None if self.best_layer is None else 0,
             best_heldout_layer=None if self.best_heldout_layer is None else 0,
@@ -377,6 +380,16 @@ class LayerProbes(ModelBound):
         direction = self.weight[index] / self.scale[index]
         return direction, float(self.bias[index] - self.mean[index] @ direction)
 
+    def threshold_at_fpr(self, rate: float, layer: Layer | None = None) -> float:
+        """The score threshold that lets through at most ``rate`` of the held-out negatives at ``layer`` (default:
+        the best layer); see :mod:`lens_pivotal.probes.calibration`."""
+        return threshold_at_fpr(self, rate, layer)
+
+    def operating_point(self, threshold: Threshold, layer: Layer | None = None, prior: float | None = None) -> dict[str, float]:
+        """A threshold's held-out false-positive rate, recall and precision at ``prior`` (default: the held-out
+        rows' share of pivots); see :func:`lens_pivotal.probes.calibration.operating_point`."""
+        return operating_point(self, threshold, layer, prior)
+
     def predict(self, acts: Float[Tensor, "n_layers n_rows d_model"]) -> Float[Tensor, "n_layers n_rows"]:
         """1 where :meth:`predict_proba` is at least 0.5, else 0."""
         return (self.predict_proba(acts) >= 0.5).long()
@@ -543,7 +556,7 @@ class LayerProbes(ModelBound):
         layer (``x`` prepared); ``None`` with fewer than 2 groups."""
         if len(set(groups)) < 2:
             return None
-        folds = group_folds(groups, self.config.settings.cv_folds, self.config.settings.seed).to(x.device)
+        folds = group_folds(groups, self.config.settings.cv_folds, self.config.settings.seed, y.cpu()).to(x.device)
         n_folds = int(folds.max()) + 1
         outside = (folds.unsqueeze(0) != torch.arange(n_folds, device=x.device).unsqueeze(1)).to(x.dtype)  # [folds, n]
         labels = y.to(x.dtype).unsqueeze(0).expand(n_folds, -1)
@@ -560,7 +573,7 @@ class LayerProbes(ModelBound):
             return torch.full((self.n_layers,), settings.l2 or 0.0).to(x)
         if len(set(groups)) < 2:
             raise ValueError("choosing l2 by grouped cross-validation needs at least 2 training groups; pass l2=...")
-        folds = group_folds(groups, settings.cv_folds, settings.seed).to(x.device)
+        folds = group_folds(groups, settings.cv_folds, settings.seed, y.cpu()).to(x.device)
         n_folds = int(folds.max()) + 1
         outside = (folds.unsqueeze(0) != torch.arange(n_folds, device=x.device).unsqueeze(1)).to(x.dtype)  # [folds, n]
         labels = y.unsqueeze(0).expand(n_folds, -1)
@@ -673,6 +686,11 @@ def train_probes(
     out_of_fold = probes._out_of_fold_logits(probes._prepared(x[:, train]), y[train], train_groups)
     cv_auroc = None if out_of_fold is None else _auroc_per_row(out_of_fold.cpu(), y[train].cpu())
     probes._record_results(metrics, controls, heldout_groups, len(train), cv_auroc)
+    gate_scores = probes.predict_proba(acts[:, heldout]).cpu()  # as a gate or a recorder computes them
+    probes.config.calibration = {
+        name: [sorted(row) for row in gate_scores[:, y_heldout == label].tolist()]
+        for name, label in (("negative_scores", 0), ("positive_scores", 1))
+    }
     if baselines:
         split = (torch.as_tensor(train), torch.as_tensor(heldout))
         probe_logits = torch.zeros(probes.n_layers, len(y), dtype=torch.float64)

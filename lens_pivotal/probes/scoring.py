@@ -16,6 +16,7 @@ from torch import Tensor
 
 from lens_pivotal.model import EMBEDDING_HOOK, Layer, block_of
 from lens_pivotal.positions import SequencePositions
+from lens_pivotal.probes.calibration import Threshold, resolve_threshold
 from lens_pivotal.probes.views import token_scores_view
 from lens_pivotal.resid.cache import Layout, cache_resid_post
 from lens_pivotal.tokens import token_ids
@@ -169,7 +170,7 @@ def generate_with_scores(
     *,
     max_new_tokens: int = 32,
     layer: Layer | None = None,
-    threshold: float = 0.5,
+    threshold: Threshold = 0.5,
     on_score: Callable[[float], object] | None = None,
     **generate_kwargs: Any,
 ) -> GeneratedScores:
@@ -178,8 +179,11 @@ def generate_with_scores(
     Each generated token gets the score read at the position before it: the probe's belief, just before the token
     was sampled, that it would be pivotal. ``on_score(score)`` is called live with each of those scores, before its
     token is sampled (e.g. to print a warning as a likely pivot comes up). ``generate_kwargs`` go to
-    ``model.generate`` (e.g. ``do_sample=False``).
+    ``model.generate`` (e.g. ``do_sample=False``). ``threshold`` flags likely pivots: a probability, or a
+    :class:`~lens_pivotal.probes.calibration.FalsePositiveRate` on the probes' held-out negatives (pivots are rare
+    while generating, so 0.5 of a probe trained on balanced classes flags many more tokens than "likely" suggests).
     """
+    threshold = resolve_threshold(probes, threshold, layer)
     prompt_ids = _answer_ids(model, prompt)
     tokens_in = torch.tensor([prompt_ids], device=next(model.parameters()).device)
     live = None if on_score is None else (lambda scores: on_score(float(scores[0])))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from lens_pivotal._io import atomic_dir
+from lens_pivotal.probes.calibration import FalsePositiveRate, gate_precision
 from lens_pivotal.probes.direction import DeltaRegression, delta_regression, direction_probes, format_delta_table
 from lens_pivotal.probes.examples import NegativeRecipe, ProbeExamples, probe_examples
 from lens_pivotal.probes.layer_probes import LayerProbes, ProbeSettings, train_probes
@@ -20,6 +21,8 @@ from lens_pivotal.probes.plots import plot_layer_metrics, plot_projection
 from lens_pivotal.probes.views import token_scores_view
 from lens_pivotal.pts.schema import PivotalToken
 from lens_pivotal.viz import format_table, save_figure
+
+GATE_RATES = (0.05, 0.1, 0.2)  # false-positive rates the demo's gate table sets thresholds by
 
 
 @dataclass
@@ -218,7 +221,30 @@ def probe_demo(model: Any, out: str | os.PathLike, *, model_source: str = "embed
     from lens_pivotal.pts.schema import load_shipped_pts
 
     run = train_on_pts(model, load_shipped_pts(), out, model_source=model_source)
-    return format_run(run)
+    return f"{format_run(run)}\n\n{format_gate_table(run, model)}"
+
+
+def format_gate_table(run: ProbeRun, model: Any, rates: Sequence[float] = GATE_RATES) -> str:
+    """The best layer's probe as a gate, at 0.5 and at thresholds set by false-positive rates on the held-out
+    negatives: on those rows (false-positive rate, recall) and on every answer state of the held-out texts (how often
+    it fires, precision, recall; :func:`~lens_pivotal.probes.calibration.gate_precision`)."""
+    probes = run.probes
+    thresholds = [0.5, *(FalsePositiveRate(rate) for rate in rates)]
+    on_texts = gate_precision(probes, model, run.examples, thresholds)
+    rows = []
+    for threshold, texts in zip(thresholds, on_texts):
+        point = probes.operating_point(threshold)
+        name = "0.5" if threshold == 0.5 else f"FPR {threshold.rate:g}"
+        rows.append([name, f"{point['threshold']:.3f}", f"{point['fpr']:.2f}", f"{point['recall']:.2f}",
+                     f"{texts['fired']:.2f}", f"{texts['precision']:.2f}", f"{texts['recall']:.2f}"])  # fmt: skip
+    share = on_texts[0]["pivotal_share"]
+    caption = (
+        f"The block-{probes.layer_labels[probes.slot(probes.best_layer)]} probe as a gate. Held-out rows: its false-"
+        f"positive rate and recall; held-out texts: every answer state scored ({share:.1%} of them pivotal), how "
+        "often the gate fires and its precision and recall there."
+    )
+    header = ["threshold", "score", "FPR (rows)", "recall (rows)", "fires (texts)", "precision (texts)", "recall (texts)"]
+    return f"{caption}\n{format_table(header, rows, align='lrrrrrr')}"
 
 
 def format_run(run: ProbeRun) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from lens_pivotal.cli.arguments import EMBEDDED, add_model_arguments, add_problem_arguments, load_model_from_args, problems_from_args
 from lens_pivotal.model import resid_post_hook
+from lens_pivotal.probes.cli import add_threshold_arguments, threshold_from_args
 from lens_pivotal.pts.dataset import SHIPPED_DATASETS
 from lens_pivotal.pts.prompts import PROMPT_PRESETS
 from lens_pivotal.steering.vectors import METHODS, SIGNS
@@ -32,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--sign", choices=SIGNS, default=None, help="which pivots (default: positive; any for probe)")
     evaluate.add_argument("--positions", choices=("generated", "all"), default="generated", help="where to add it")
     evaluate.add_argument("--probes", default=None, help="probes directory: also run gated settings (and method probe)")
-    evaluate.add_argument("--threshold", type=float, default=0.5, help="gate threshold on the probe score (default: 0.5)")
+    add_threshold_arguments(evaluate, "gate threshold on the probe score")
     add_problem_arguments(evaluate)
     evaluate.add_argument("--samples", type=int, default=8, help="solutions per problem and setting (default: 8)")
     evaluate.add_argument("--max-new-tokens", type=int, default=32, help="tokens per solution (default: 32)")
@@ -68,7 +69,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     problems = [problem for problem in problems_from_args(args) if problem.group not in built_from]
     if not problems:
         raise SystemExit("error: every problem was used to build the vector: raise --n-problems or change --dataset-id")
-    settings = alpha_sweep(vectors, block, alphas, positions=args.positions, gate=(probes, args.threshold) if probes else None)
+    settings = alpha_sweep(vectors, block, alphas, positions=args.positions, gate=(probes, threshold_from_args(args)) if probes else None)
     report = evaluate_steering(
         model, problems, settings, samples=args.samples, seed=args.seed, prompt=PROMPT_PRESETS[args.prompt],
         max_new_tokens=args.max_new_tokens, built_from=vectors.config.groups, n_bootstrap=args.n_bootstrap,

@@ -161,7 +161,7 @@ def alpha_sweep(
     alphas: Sequence[float],
     *,
     positions: Any = "generated",
-    gate: tuple[Any, float] | None = None,
+    gate: tuple[Any, Any] | None = None,
 ) -> dict[str, SteeringHook]:
     """Settings for :func:`evaluate_steering`: ``"steered a=ALPHA"`` for each alpha and, with ``gate=(probes,
     threshold)``, ``"gated a=ALPHA"`` (the same vector added only where the probe fires)."""

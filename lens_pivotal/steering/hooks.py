@@ -16,6 +16,7 @@ from torch import Tensor
 
 from lens_pivotal.model import Layer, resid_post_hook
 from lens_pivotal.positions import SequencePositions
+from lens_pivotal.probes.calibration import Threshold, resolve_threshold
 from lens_pivotal.probes.layer_probes import LayerProbes
 from lens_pivotal.steering.vectors import SteeringVectors
 
@@ -28,9 +29,10 @@ class SteeringHook:
     ``positions``: ``"all"``; ``"generated"``, the positions that predict each new token (the prompt's last token and
     every generated one); or absolute token indices. Positions are tracked across passes
     (:class:`~lens_pivotal.positions.SequencePositions`), so ``generate`` steers the same positions with and without
-    the KV cache. ``gate``: ``(probes,
-    threshold)``, steering only where ``probes``' probe on ``hook_name`` scores the unsteered residual at
-    least ``threshold``. Each pass appends its ``[batch, pos]`` steering mask to :attr:`masks`.
+    the KV cache. ``gate``: ``(probes, threshold)``, steering only where ``probes``' probe on ``hook_name`` scores
+    the unsteered residual at least ``threshold``: a probability, or a
+    :class:`~lens_pivotal.probes.calibration.FalsePositiveRate` on the probes' held-out negatives (kept as the score
+    it resolves to). Each pass appends its ``[batch, pos]`` steering mask to :attr:`masks`.
     """
 
     def __init__(
@@ -38,14 +40,14 @@ class SteeringHook:
         hook_name: str,
         addition: Float[Tensor, " d_model"],
         positions: Positions = "all",
-        gate: tuple[LayerProbes, float] | None = None,
+        gate: tuple[LayerProbes, Threshold] | None = None,
     ) -> None:
         if isinstance(positions, str) and positions not in ("all", "generated"):
             raise ValueError(f"positions must be 'all', 'generated' or a list of token indices, got {positions!r}")
         self.hook_name = hook_name
         self.addition = addition
         self.positions = positions if isinstance(positions, str) else sorted(set(int(p) for p in positions))
-        self.gate = gate
+        self.gate = None if gate is None else (gate[0], resolve_threshold(gate[0], gate[1], hook_name))
         self.masks: list[Tensor] = []
         self._sequence = SequencePositions()
 
@@ -91,7 +93,7 @@ def steering_hook(
     *,
     layer: Layer,
     positions: Positions = "all",
-    gate: tuple[LayerProbes, float] | None = None,
+    gate: tuple[LayerProbes, Threshold] | None = None,
     absolute: bool = False,
     residual_norm: float | None = None,
 ) -> SteeringHook:
@@ -104,7 +106,8 @@ def steering_hook(
         alpha: the step, in units of the layer's mean residual norm (``scale``), or absolute with ``absolute=True``.
         positions: ``"all"``, ``"generated"`` or token indices (see :class:`SteeringHook`).
         gate: ``(probes, threshold)``: steer only where the probe reading this hook scores the unsteered residual at
-            least ``threshold`` (steering only where the model is about to choose a pivotal token).
+            least ``threshold`` (steering only where the model is about to choose a pivotal token); ``threshold`` may
+            be a :class:`~lens_pivotal.probes.calibration.FalsePositiveRate`.
         residual_norm: the scale for a raw tensor when ``absolute`` is False.
     """
     if isinstance(vector, SteeringVectors):
@@ -130,10 +133,7 @@ def _raw_vector_hook(layer: Layer) -> str:
     return resid_post_hook(layer)
 
 
-def _gate(gate: tuple[LayerProbes, float] | None, hook_name: str) -> tuple[LayerProbes, float] | None:
-    if gate is None:
-        return None
-    probes, threshold = gate
-    if hook_name not in probes.config.hook_names:
-        raise ValueError(f"the gate's probes read {probes.config.hook_names}, not {hook_name!r}, the steered hook")
-    return probes, float(threshold)
+def _gate(gate: tuple[LayerProbes, Threshold] | None, hook_name: str) -> tuple[LayerProbes, Threshold] | None:
+    if gate is not None and hook_name not in gate[0].config.hook_names:
+        raise ValueError(f"the gate's probes read {gate[0].config.hook_names}, not {hook_name!r}, the steered hook")
+    return gate

@@ -1,0 +1,84 @@
+"""Thresholds as false-positive rates on held-out negatives, precision at a stated prior, and a gate's precision on
+whole texts, against written-out counts and a plain Hugging Face model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import lens_pivotal as lp
+from lens_pivotal.probes.calibration import FalsePositiveRate, gate_precision
+from lens_pivotal.testing import tiny_qwen_dir
+from conftest import hf_resid_states
+from test_probes_baselines import planted
+
+
+@pytest.fixture(scope="module")
+def trained():
+    acts, labels, groups, _ = planted(n_problems=60)
+    probes = lp.train_probes(acts, labels, groups=groups, settings=lp.probes.ProbeSettings(n_bootstrap=20, n_permutations=0))
+    _, heldout = lp.probes.group_split(groups, test_fraction=0.2, seed=0)
+    scores = probes.predict_proba(acts[:, heldout])
+    return probes, scores, labels[heldout]
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.05, 0.1, 0.3, 1.0])
+def test_threshold_at_fpr_lets_through_at_most_that_share_of_heldout_negatives(trained, rate):
+    probes, scores, y = trained
+    for layer in (0, 1):
+        negatives = scores[layer, y == 0].double().numpy()
+        threshold = probes.threshold_at_fpr(rate, layer)
+        assert (negatives >= threshold).mean() <= rate + 1e-12
+        lower = negatives[negatives < threshold]  # any lower threshold lets through more than the rate
+        assert len(lower) == 0 or (negatives >= lower.max()).mean() > rate
+
+
+def test_operating_point_at_a_stated_prior(trained):
+    probes, scores, y = trained
+    point = probes.operating_point(FalsePositiveRate(0.1), layer=1, prior=0.05)
+    positives, negatives = scores[1, y == 1].double().numpy(), scores[1, y == 0].double().numpy()
+    recall, fpr = (positives >= point["threshold"]).mean(), (negatives >= point["threshold"]).mean()
+    assert (point["recall"], point["fpr"]) == pytest.approx((recall, fpr))
+    assert point["precision"] == pytest.approx(0.05 * recall / (0.05 * recall + 0.95 * fpr))
+    natural = probes.operating_point(0.5, layer=1)
+    assert natural["prior"] == pytest.approx(float(y.float().mean()))
+
+
+def test_calibration_is_saved_and_reaches_the_gate(trained, tmp_path):
+    probes, _, _ = trained
+    loaded = lp.LayerProbes.load(probes.save(tmp_path / "probes"))
+    assert loaded.threshold_at_fpr(0.1, 1) == probes.threshold_at_fpr(0.1, 1)
+    assert probes[1].threshold_at_fpr(0.1, 1) == probes.threshold_at_fpr(0.1, 1)
+    hook = lp.steering_hook(torch.ones(32), 1.0, layer=1, absolute=True, gate=(probes, FalsePositiveRate(0.1)))
+    assert hook.gate[1] == probes.threshold_at_fpr(0.1, 1)
+    with pytest.raises(ValueError, match="false-positive rate lies in"):
+        FalsePositiveRate(1.5)
+
+
+def test_gate_precision_counts_every_answer_state_of_heldout_solutions(tiny_qwen3_model, qwen3_tok, synthetic_rows):
+    model = tiny_qwen3_model
+    examples = lp.probe_examples(model, synthetic_rows, negatives_per_positive=2)
+    acts = examples.cache(model, progress=False)
+    probes = lp.train_probes(acts, examples.labels, groups=examples.groups, model=model,
+                             settings=lp.probes.ProbeSettings(n_bootstrap=10, n_permutations=0))  # fmt: skip
+    layer = probes.best_layer
+    reference = AutoModelForCausalLM.from_pretrained(tiny_qwen_dir("qwen3"), dtype=torch.float32).eval()
+    direction, offset = probes.residual_direction(layer)
+    scores, pivotal = [], []
+    heldout = [row for row in synthetic_rows if f"{row.dataset_id}#{row.dataset_item_id}" in probes.config.heldout_groups]
+    for solution in sorted({row.solution for row in heldout}):
+        ids = qwen3_tok(solution, add_special_tokens=False)["input_ids"]
+        answer = len(qwen3_tok(solution[: solution.index("?") + 1], add_special_tokens=False)["input_ids"])
+        state = hf_resid_states(reference, torch.tensor([ids]))[layer + 1][0]
+        scores += torch.sigmoid(state @ direction + offset)[answer - 1 : len(ids) - 1].tolist()
+        pivots = {len(qwen3_tok(row.pivot_context, add_special_tokens=False)["input_ids"]) - 1 for row in heldout if row.solution == solution}
+        pivotal += [position in pivots for position in range(answer - 1, len(ids) - 1)]
+    scores, pivotal = np.array(scores), np.array(pivotal)
+    for threshold, row in zip((0.5, 0.9), gate_precision(probes, model, examples, [0.5, 0.9])):
+        fired = scores >= threshold
+        assert row["fired"] == pytest.approx(fired.mean(), abs=1e-9) and row["pivotal_share"] == pytest.approx(pivotal.mean())
+        expected = (fired & pivotal).sum() / fired.sum() if fired.any() else float("nan")
+        assert row["precision"] == pytest.approx(expected, nan_ok=True)
+        assert row["recall"] == pytest.approx((fired & pivotal).sum() / pivotal.sum())
