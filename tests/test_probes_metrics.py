@@ -57,3 +57,29 @@ def test_heldout_metrics_interval_brackets_the_value(data):
     assert result.high["auroc"][0] - result.low["auroc"][0] > 0.02
     again = M.LayerMetrics.from_dict(result.to_dict(), 300, 0.95)
     assert torch.equal(again.values["f1"], result.values["f1"])
+
+
+def test_the_interval_equals_a_loop_that_resamples_problem_indices(data):
+    """heldout_metrics' AUROC interval, and the paired difference interval the probes report, against a written-out
+    loop: draw problem indices with replacement (the same seeded draws), concatenate their rows, score with
+    scikit-learn, take numpy's percentiles of the draws where both classes are present."""
+    import numpy as np
+
+    scores, labels, _ = data
+    groups = [f"p{i // 10:02d}" for i in range(150)]  # 15 problems of 10 rows, in sorted name order
+    result = M.heldout_metrics(scores[:2], labels, groups, n_bootstrap=200, seed=4)
+    draws = np.random.default_rng(4).integers(0, 15, size=(200, 15))
+    aurocs, differences = [], []
+    for drawn in draws:
+        rows = np.concatenate([np.arange(10 * problem, 10 * problem + 10) for problem in drawn])
+        y = labels.numpy()[rows]
+        if 0 < y.sum() < len(y):
+            first, second = (skm.roc_auc_score(y, scores[layer].numpy()[rows]) for layer in (0, 1))
+            aurocs.append(first)
+            differences.append(first - second)
+    assert (result.low["auroc"][0].item(), result.high["auroc"][0].item()) == pytest.approx(
+        tuple(np.percentile(aurocs, [2.5, 97.5])), abs=1e-6)
+    weights = M.group_bootstrap_weights(groups, 200, seed=4).double()
+    paired = M.auroc(scores[:2], labels, weights)
+    low, high = M.percentile_interval(paired[:1] - paired[1:])
+    assert (low.item(), high.item()) == pytest.approx(tuple(np.percentile(differences, [2.5, 97.5])), abs=1e-9)

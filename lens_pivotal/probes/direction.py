@@ -22,7 +22,7 @@ from torch import Tensor
 
 from lens_pivotal.probes.examples import ProbeExamples, group_folds, group_split
 from lens_pivotal.probes.layer_probes import LayerProbes, ProbeSettings, train_probes
-from lens_pivotal.probes.metrics import group_bootstrap_weights
+from lens_pivotal.probes.metrics import group_bootstrap_weights, percentile_interval
 from lens_pivotal.viz import format_table
 
 RIDGE_GRID = (1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)  # scikit-learn's ``alpha`` on standardised features
@@ -108,10 +108,10 @@ def delta_regression(
     predictions = torch.cat([layer_predictions, baseline_predictions])
     value = weighted_r2(predictions, y[heldout], torch.ones(1, len(heldout), dtype=torch.float64))[:, 0]
     draws = weighted_r2(predictions, y[heldout], group_bootstrap_weights(held_groups, settings.n_bootstrap, settings.seed).double())
-    low, high = _interval(draws)
+    low, high = percentile_interval(draws)
     n_layers, names = len(x), list(baselines)
     best = n_layers + int(value[n_layers:].argmax())
-    difference_low, difference_high = _interval(draws[:n_layers] - draws[best : best + 1])
+    difference_low, difference_high = percentile_interval(draws[:n_layers] - draws[best : best + 1])
     return DeltaRegression(
         r2=value[:n_layers].tolist(), r2_low=low[:n_layers].tolist(), r2_high=high[:n_layers].tolist(),
         cv_r2=cv.max(-1).values.tolist(), alpha=alpha.tolist(), best_slot=int(cv.max(-1).values.argmax()),
@@ -173,11 +173,6 @@ def _token_means(token_ids: Tensor, y: Tensor, train: Tensor) -> Float[Tensor, "
     sums = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse[train], y[train])
     counts = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse[train], torch.ones(len(train), dtype=torch.float64))
     return ((sums + TOKEN_PRIOR_ROWS * y[train].mean()) / (counts + TOKEN_PRIOR_ROWS))[inverse]
-
-
-def _interval(draws: Tensor, confidence: float = 0.95) -> tuple[Tensor, Tensor]:
-    tail = (1 - confidence) / 2
-    return draws.nanquantile(tail, dim=-1), draws.nanquantile(1 - tail, dim=-1)
 
 
 def format_delta_table(result: DeltaRegression, layer_labels: Sequence[str]) -> str:

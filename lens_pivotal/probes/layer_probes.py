@@ -28,7 +28,7 @@ from lens_pivotal.probes.examples import group_folds, group_split
 from lens_pivotal.probes.baselines import check_baselines, fit_baselines, fit_logistic
 from lens_pivotal.probes.calibration import Threshold, operating_point, threshold_at_fpr
 from lens_pivotal.probes.controls import control_task_labels, permutation_labels, permutation_p_values
-from lens_pivotal.probes.metrics import LayerMetrics, auroc, group_bootstrap_weights, heldout_metrics
+from lens_pivotal.probes.metrics import LayerMetrics, auroc, group_bootstrap_weights, heldout_metrics, percentile_interval
 from lens_pivotal.probes.scoring import LayerChoice, ProbeRecorder, TokenScores, recording, score_text
 from lens_pivotal.probes.training import Heads, balanced_weights, fit_adam, fit_lbfgs, head_losses
 
@@ -810,13 +810,8 @@ def _paired_auroc_difference(
     value = _auroc_per_row(compared, y)
     resampled = group_bootstrap_weights(groups, settings.n_bootstrap, settings.seed).double()
     draws = auroc(compared, y, resampled) if settings.n_bootstrap else torch.full((len(compared), 1), float("nan"))
-    difference = draws[:-1] - draws[-1:]
-    tail = (1 - confidence) / 2
-    return {
-        "value": (value[:-1] - value[-1]).tolist(),
-        "low": difference.nanquantile(tail, dim=-1).tolist(),
-        "high": difference.nanquantile(1 - tail, dim=-1).tolist(),
-    }
+    low, high = percentile_interval(draws[:-1] - draws[-1:], confidence)
+    return {"value": (value[:-1] - value[-1]).tolist(), "low": low.tolist(), "high": high.tolist()}
 
 
 def evaluate_probes(

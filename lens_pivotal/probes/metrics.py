@@ -118,18 +118,23 @@ def heldout_metrics(
     labels = labels.to(scores)
     ones = torch.ones(1, labels.shape[0], dtype=scores.dtype)
     resampled = group_bootstrap_weights(groups if groups is not None else range(len(labels)), n_bootstrap, seed).to(scores)
-    tail = (1 - confidence) / 2
     chunk_size = max(1, MAX_ELEMENTS // max(1, scores.numel()))
     values, low, high = {}, {}, {}
     for name, metric in METRICS.items():
         values[name] = metric(scores, labels, ones)[:, 0].float()
         if n_bootstrap:
             draws = torch.cat([metric(scores, labels, chunk) for chunk in resampled.split(chunk_size)], dim=-1)
-            low[name] = draws.nanquantile(tail, dim=-1).float()
-            high[name] = draws.nanquantile(1 - tail, dim=-1).float()
+            low[name], high[name] = (bound.float() for bound in percentile_interval(draws, confidence))
         else:
             low[name] = high[name] = torch.full_like(values[name], float("nan"))
     return LayerMetrics(values, low, high, n_bootstrap, confidence)
+
+
+def percentile_interval(draws: Tensor, confidence: float = 0.95) -> tuple[Tensor, Tensor]:
+    """The percentile bootstrap interval of each row of ``draws`` (resamples on the last axis), ignoring NaN draws
+    (resamples in which the statistic is undefined, e.g. an AUROC without both classes)."""
+    tail = (1 - confidence) / 2
+    return draws.nanquantile(tail, dim=-1), draws.nanquantile(1 - tail, dim=-1)
 
 
 def group_bootstrap_weights(groups: Sequence, n_resamples: int, seed: int = 0) -> Float[Tensor, "n_resamples n"]:
