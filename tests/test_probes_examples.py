@@ -219,12 +219,16 @@ def test_shipped_dataset_maps_all_but_the_two_retokenized_rows(embedded_dir):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
-    examples = probe_examples(tokenizer, lp.pts.load_shipped_pts())
+    with pytest.warns(UserWarning, match="26 of 153 positives had no negative"):
+        examples = probe_examples(tokenizer, lp.pts.load_shipped_pts())
     # 34 pivots follow a context another solution's pivot already follows (e.g. "To" and " The" as the first answer
-    # token); answers of at most 24 tokens leave some problems fewer non-pivotal states than pivots.
-    assert examples.repeated_positives == 34 and sum(examples.labels) == 153 and examples.labels.count(0) == 143
+    # token); 26 are the answer's first token where no problem without such a pivot is left to give a negative.
+    assert examples.repeated_positives == 34 and examples.unmatched_positives == 26
+    assert sum(examples.labels) == examples.labels.count(0) == 127 and len(set(examples.groups)) == 45
     assert len(examples.mismatches) == 2 and all("re-tokenizes differently" in m for m in examples.mismatches)
-    assert len(set(examples.groups)) == 46
+    algoverse = probe_examples(tokenizer, lp.pts.load_shipped_pts(), negatives="algoverse")
+    # answers cut at their last pivot leave some problems fewer non-pivotal states than pivots
+    assert sum(algoverse.labels) == 153 and algoverse.labels.count(0) == 143 and len(set(algoverse.groups)) == 46
     header = "<|im_end|>\n<|im_start|>assistant\n"
     for text, position in zip(examples.text_index, examples.positions):
         ids = examples.token_ids[text]
