@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -26,7 +27,11 @@ def test_attribute_a_token_writes_the_view_json_and_heads(model_dir, tmp_path, c
     assert code == 0 and out.is_file() and (tmp_path / "view_heads.html").is_file()
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["method"] == "integrated_gradients" and saved["steps"] == 4 and len(saved["scores"]) == len(saved["tokens"])
-    assert "convergence delta" in printed and "top heads" in printed
+    assert saved["baseline"] == "pad" and saved["kept_positions"] == [0]
+    change = saved["target_value"] - saved["baseline_value"]
+    gap = abs(sum(saved["scores"]) - change) / abs(change)
+    assert re.search(rf"'pad' baseline .*; convergence delta .*completeness gap {gap:.1%}", printed)
+    assert "top heads" in printed
 
 
 def test_attribute_a_probe_and_the_pivot_page(model_dir, tmp_path, capsys, tiny_qwen3_model, synthetic_rows):
@@ -39,7 +44,9 @@ def test_attribute_a_probe_and_the_pivot_page(model_dir, tmp_path, capsys, tiny_
         write_rows(synthetic_rows, handle)
     assert run(["attribute", "--pts", str(data), "--probes", str(probes_dir), "--layer", "2", "--n", "2", "--model", model_dir,
                 "--device", "cpu", "--steps", "2", "--out", str(tmp_path / "pivots.html")]) == 0
-    assert capsys.readouterr().out.count("prob_delta") == 2 and (tmp_path / "pivots.html").is_file()
+    printed = capsys.readouterr().out
+    assert printed.count("prob_delta") == 2 and printed.count("completeness gap") == 4  # each row's probe and pivot
+    assert (tmp_path / "pivots.html").is_file()
 
 
 def test_errors_are_one_line(model_dir, tmp_path, capsys):
@@ -50,6 +57,6 @@ def test_errors_are_one_line(model_dir, tmp_path, capsys):
         run(["attribute", "--pts", "rows.jsonl", *common])
     with pytest.raises(SystemExit, match="give either TEXT or --pts"):
         run(["attribute", *common])
-    with pytest.raises(SystemExit, match="--baseline must be 'zero' or a token id, got 'pad'"):
-        run(["attribute", "Sam has 12 apples", "--baseline", "pad", *common])
+    with pytest.raises(SystemExit, match="--baseline must be 'pad', 'zero' or a token id, got 'mean'"):
+        run(["attribute", "Sam has 12 apples", "--baseline", "mean", *common])
     assert not (tmp_path / "x.html").exists()

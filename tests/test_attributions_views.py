@@ -10,6 +10,10 @@ import pytest
 
 import lens_pivotal as lp
 from lens_pivotal.attributions import attributions_view, compare_methods
+from lens_pivotal.attributions.token_attribution import LARGE_DELTA
+
+from conftest import hf_token_ids
+from test_attributions_token_attribution import hand_gap, hf_embeddings, hf_log_prob, hf_pad_baseline
 
 TEXT = "Sam has 12 apples and buys 7 more"
 EXTERNAL = re.compile(r"""<script[^>]*\bsrc\s*=|https?://[^"'\s]*\.js""")
@@ -49,3 +53,23 @@ def test_head_view_shows_patterns_and_parts(tiny_qwen3_model, tmp_path):
     block, head, _ = heads.top_heads(1)[0]
     assert f"L{block}H{head}" in page and "sum of parts" in page
 
+
+
+def shown_gaps(page: str) -> list[float]:
+    """Every completeness gap a page shows, as a fraction."""
+    return [float(percent) / 100 for percent in re.findall(r"completeness gap (\d+\.\d)%", page)]
+
+
+@pytest.mark.parametrize("steps", [1, 8])
+def test_views_show_the_completeness_gap_of_integrated_gradients(family_models, tmp_path, steps):
+    model, reference = family_models("qwen3")
+    ids = hf_token_ids(reference, TEXT)[:, :5]
+    embeddings, baseline = hf_embeddings(reference, ids), hf_pad_baseline(reference, ids, [0])
+    expected = hand_gap(hf_log_prob(reference, ids, -1, 11), embeddings, baseline, steps)
+    attributions = compare_methods(model, TEXT, target=11, position=4, steps=steps)
+    one = saved(attributions[0].view(), tmp_path, "one.html")
+    multi = saved(attributions_view(attributions), tmp_path, "multi.html")
+    for page in (one, multi):  # one: the heading and the table; multi: the method menu and the table
+        assert shown_gaps(page) == pytest.approx([expected] * 2, rel=2e-3, abs=6e-4)
+        assert ("completeness-gap large" in page) == (expected > LARGE_DELTA)
+    assert (expected > LARGE_DELTA) == (steps == 1)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import get_args
 
 from lens_pivotal._io import atomic_write_text
-from lens_pivotal.attributions.token_attribution import Method
+from lens_pivotal.attributions.token_attribution import DEFAULT_STEPS, Baseline, Method
 from lens_pivotal.cli.arguments import EMBEDDED, load_model_from_args
 from lens_pivotal.viz.tables import format_table
 
@@ -31,8 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "token, the block read through the logit lens")  # fmt: skip
     attribute.add_argument("--position", type=int, default=-1, help="token position of the target (default: -1)")
     attribute.add_argument("--method", choices=get_args(Method), default="integrated_gradients")
-    attribute.add_argument("--baseline", default="zero", help="'zero' (default) or a token id replacing every token")
-    attribute.add_argument("--steps", type=int, default=32, help="integrated-gradients steps (default: 32)")
+    attribute.add_argument("--baseline", default=None, help="'pad' (integrated gradients' default: the first, special and "
+                           "chat-template tokens kept, every other one replaced by a space), 'zero' (occlusion's "
+                           "default: all-zero embeddings) or a token id replacing every token")  # fmt: skip
+    attribute.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                           help=f"integrated-gradients steps (default: {DEFAULT_STEPS})")  # fmt: skip
     attribute.add_argument("--batch-size", type=int, default=8, help="inputs per forward/backward (default: 8)")
     attribute.add_argument("--heads", action="store_true", help="also decompose the target over heads and source tokens")
     attribute.add_argument("--pts", default=None, help="PTS rows (.jsonl): write the pivot page (needs --probes)")
@@ -57,8 +60,8 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     model = load_model_from_args(args)
     if probes is not None:
         probes.check_model(model)
-    baseline = "zero" if args.baseline == "zero" else _token_id(args.baseline)
-    options = {"method": args.method, "baseline": baseline, "steps": args.steps, "batch_size": args.batch_size}
+    options = {"method": args.method, "baseline": parse_baseline(args.baseline), "steps": args.steps,
+               "batch_size": args.batch_size}  # fmt: skip
     if args.pts is not None:
         return _pivot_page(model, args, probes, options)
     target = probes if probes is not None else (args.target_id if args.target_id is not None else args.target)
@@ -68,6 +71,7 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
 def _one_text(model, args: argparse.Namespace, target, options: dict) -> int:
     from lens_pivotal.attributions.heads import head_attributions
     from lens_pivotal.attributions.token_attribution import attribute_tokens
+    from lens_pivotal.attributions.views import completeness_text
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -75,8 +79,8 @@ def _one_text(model, args: argparse.Namespace, target, options: dict) -> int:
     print(f"{attribution.method}: {attribution.target_label} at position {attribution.position} "
           f"({attribution.tokens[attribution.position]!r}) = {attribution.target_value:+.4f}")  # fmt: skip
     if attribution.convergence_delta is not None:
-        print(f"baseline {attribution.baseline_value:+.4f}; convergence delta {attribution.convergence_delta:+.4f} "
-              f"({attribution.relative_delta:.0%} of the change)")  # fmt: skip
+        print(f"{attribution.baseline!r} baseline {attribution.baseline_value:+.4f}; convergence delta "
+              f"{attribution.convergence_delta:+.4f}; {completeness_text(attribution)}")  # fmt: skip
     for warning in caught:
         print(f"warning: {warning.message}")
     rows = [[str(position), repr(token), f"{score:+.4f}"] for position, token, score in attribution.top(10)]
@@ -95,6 +99,7 @@ def _one_text(model, args: argparse.Namespace, target, options: dict) -> int:
 
 def _pivot_page(model, args: argparse.Namespace, probes, options: dict) -> int:
     from lens_pivotal.attributions.pivots import explain_pivots, pivots_view
+    from lens_pivotal.attributions.views import with_gap
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the page shows each attribution's completeness
@@ -103,17 +108,22 @@ def _pivot_page(model, args: argparse.Namespace, probes, options: dict) -> int:
     for explanation in explanations:
         row, probe, pivot = explanation.row, explanation.probe, explanation.pivot
         top = ", ".join(repr(token) for _, token, _ in probe.top(3))
-        print(f"pivot {row.pivot_token!r} (prob_delta {row.prob_delta:+.2f}): probe logit {probe.target_value:+.3f}, "
-              f"{pivot.target_label} {pivot.target_value:+.3f}; probe's top tokens {top}")  # fmt: skip
+        values = [with_gap(f"{item.target_label} {item.target_value:+.3f}", item) for item in (probe, pivot)]
+        print(f"pivot {row.pivot_token!r} (prob_delta {row.prob_delta:+.2f}): {', '.join(values)}; "
+              f"probe's top tokens {top}")  # fmt: skip
     print(f"wrote {args.out}")
     return 0
 
 
-def _token_id(text: str) -> int:
+def parse_baseline(text: str | None) -> Baseline | None:
+    """A ``--baseline`` value as :func:`~lens_pivotal.attribute_tokens` takes it: ``None`` (its default), ``"pad"``,
+    ``"zero"`` or a token id; anything else is a one-line SystemExit."""
+    if text in (None, "pad", "zero"):
+        return text
     try:
         return int(text)
     except ValueError:
-        raise SystemExit(f"error: --baseline must be 'zero' or a token id, got {text!r}") from None
+        raise SystemExit(f"error: --baseline must be 'pad', 'zero' or a token id, got {text!r}") from None
 
 
 def _write_json(path: Path, content: dict) -> None:

@@ -43,6 +43,26 @@ def explain_pivots(
     rows it cannot map are skipped. ``attribution_kwargs`` go to :func:`lens_pivotal.attribute_tokens` (``steps``,
     ``baseline``, ``batch_size``).
     """
+    common = {"method": method, **attribution_kwargs}
+    return [
+        PivotExplanation(
+            row,
+            attribute_tokens(model, ids, target=probes, layer=layer, **common),
+            attribute_tokens(model, ids, target=row.pivot_token_id, **common),
+        )
+        for row, ids in tqdm(pivot_contexts(model, rows, n), desc="explaining pivots", disable=not progress)
+    ]
+
+
+def pivot_contexts(
+    model: Any, rows: Iterable[PivotalToken] | str | os.PathLike, n: int
+) -> list[tuple[PivotalToken, list[int]]]:
+    """The first ``n`` rows that map onto the model's tokenization, each with its token ids up to the one whose next
+    token is the pivot (tokenized as :func:`lens_pivotal.probe_examples` does; rows it cannot map are skipped).
+
+    Raises:
+        ValueError: ``n`` is not a positive int, or no row maps.
+    """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     rows = list(load_pts(rows) if isinstance(rows, (str, os.PathLike)) else rows)
@@ -50,17 +70,8 @@ def explain_pivots(
     chosen = [index for index, row in enumerate(examples.source_rows) if row is not None][:n]
     if not chosen:
         raise ValueError(f"none of the {len(rows)} rows maps onto {model.cfg.model_name}'s tokenization: {examples.mismatches[:3]}")
-    explanations = []
-    for index in tqdm(chosen, desc="explaining pivots", disable=not progress):
-        row = rows[examples.source_rows[index]]
-        ids = examples.token_ids[examples.text_index[index]][: examples.positions[index] + 1]
-        common = {"method": method, **attribution_kwargs}
-        explanations.append(PivotExplanation(
-            row,
-            attribute_tokens(model, ids, target=probes, layer=layer, **common),
-            attribute_tokens(model, ids, target=row.pivot_token_id, **common),
-        ))  # fmt: skip
-    return explanations
+    ids = [examples.token_ids[examples.text_index[index]][: examples.positions[index] + 1] for index in chosen]
+    return [(rows[examples.source_rows[index]], row_ids) for index, row_ids in zip(chosen, ids)]
 
 
 def pivots_view(explanations: list[PivotExplanation], *, title: str = "Why is this token pivotal?") -> HTMLView:

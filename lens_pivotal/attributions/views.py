@@ -1,7 +1,8 @@
 """circuitsvis views of token and head attributions, self-contained and offline (see :mod:`lens_pivotal.viz.html`).
 
 Attribution scores are signed: tokens are coloured on a diverging scale symmetric around 0 (blue pushes the target
-up, red down); the token the target is read at is marked ``⟦…⟧``.
+up, red down); the token the target is read at is marked ``⟦…⟧``. Every integrated-gradients attribution shows its
+completeness gap (``relative_delta``) beside it, in a warning style above ``LARGE_DELTA`` (5%).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import circuitsvis.attention
 import circuitsvis.tokens
 import torch
 
+from lens_pivotal.attributions.token_attribution import LARGE_DELTA
 from lens_pivotal.viz.html import HTMLView, offline_html
 
 if TYPE_CHECKING:  # the result classes offer these views as their .view()
@@ -22,11 +24,43 @@ if TYPE_CHECKING:  # the result classes offer these views as their .view()
 
 POSITIVE, NEGATIVE = "#1f62d0", "#d0311f"
 TABLE_STYLE = "border-collapse:collapse;font-family:monospace;font-size:12px"
+BADGE_STYLE = "padding:1px 5px;border-radius:3px;font-family:monospace;font-size:12px"
+GAP_STYLE = f"{BADGE_STYLE};background:#e6f4e3;color:#1d5e17"  # a completeness gap within LARGE_DELTA
+LARGE_GAP_STYLE = f"{BADGE_STYLE};background:#fde2e0;color:#9b1c13;font-weight:bold"  # above it
 
 
 def marked_tokens(tokens: Sequence[str], position: int) -> list[str]:
     """``tokens`` with the one at ``position`` marked ``⟦…⟧``."""
     return [f"⟦{token}⟧" if index == position else token for index, token in enumerate(tokens)]
+
+
+def completeness_text(attribution: TokenAttribution) -> str:
+    """``"completeness gap 2.3%"`` (``"⚠ completeness gap 12.0%"`` above LARGE_DELTA) for an integrated-gradients
+    attribution; ``""`` for the other methods, which have no completeness to report."""
+    gap = attribution.relative_delta
+    if gap is None:
+        return ""
+    return f"{'⚠ ' if gap > LARGE_DELTA else ''}completeness gap {gap:.1%}"
+
+
+def completeness_badge(attribution: TokenAttribution) -> str:
+    """:func:`completeness_text` as an HTML badge, in a warning style above LARGE_DELTA (``""`` without a gap)."""
+    text = completeness_text(attribution)
+    if not text:
+        return ""
+    gap = attribution.relative_delta
+    large = gap > LARGE_DELTA
+    title = f"the scores' sum misses {gap:.1%} of target - baseline target"
+    if large:
+        title += f"; above {LARGE_DELTA:.0%}: raise steps or change the baseline before reading the scores"
+    css_class, style = ("completeness-gap large", LARGE_GAP_STYLE) if large else ("completeness-gap", GAP_STYLE)
+    return f"<span class='{css_class}' style='{style}' title='{html.escape(title)}'>{html.escape(text)}</span>"
+
+
+def with_gap(label: str, attribution: TokenAttribution) -> str:
+    """``label`` followed by the attribution's :func:`completeness_text` in parentheses, when it has one."""
+    gap = completeness_text(attribution)
+    return f"{label} ({gap})" if gap else label
 
 
 def token_attribution_view(attribution: TokenAttribution, *, title: str | None = None) -> HTMLView:
@@ -37,7 +71,11 @@ def token_attribution_view(attribution: TokenAttribution, *, title: str | None =
         min_value=-bound, max_value=bound, negative_color=NEGATIVE, positive_color=POSITIVE,
     )  # fmt: skip
     heading = title or f"{attribution.method}: {attribution.target_label} at position {attribution.position}"
-    body = f"<h3>{html.escape(heading)}</h3>\n{_summary(attribution)}\n{offline_html(rendered)}\n{_top_table([attribution])}"
+    badge = completeness_badge(attribution)
+    body = (
+        f"<h3>{html.escape(heading)} {badge}</h3>\n{_summary(attribution)}\n{offline_html(rendered)}\n"
+        f"{_top_table([attribution])}"
+    )
     return HTMLView(body, heading)
 
 
@@ -56,7 +94,8 @@ def attributions_view(
     if len(labels) != len(attributions):
         raise ValueError(f"{len(labels)} labels for {len(attributions)} attributions")
     values = torch.stack([_normalised(item.scores) for item in attributions], dim=1)
-    rendered = circuitsvis.tokens.colored_tokens_multi(marked_tokens(first.tokens, first.position), values, labels)
+    menu = [with_gap(label, item) for label, item in zip(labels, attributions)]
+    rendered = circuitsvis.tokens.colored_tokens_multi(marked_tokens(first.tokens, first.position), values, menu)
     note = "<p>each attribution scaled by its largest |score|; the table gives raw values</p>"
     heading = f"<h3>{html.escape(title)}</h3>\n" if title else ""
     body = f"{heading}{offline_html(rendered)}\n{note}\n{_top_table(attributions, labels)}"
@@ -105,8 +144,11 @@ def _summary(attribution: TokenAttribution) -> str:
         text += (
             f"; baseline ({html.escape(attribution.baseline)}) {attribution.baseline_value:+.4g}; sum of scores "
             f"{float(attribution.scores.sum()):+.4g}; convergence delta {attribution.convergence_delta:+.3g} "
-            f"({attribution.relative_delta:.0%} of the change, {attribution.steps} steps)"
+            f"({attribution.steps} steps)"
         )
+    if attribution.kept_positions:
+        kept = ", ".join(html.escape(repr(attribution.tokens[index])) for index in attribution.kept_positions)
+        text += f"<br>kept as they are in the baseline (scores 0 by construction): {kept}"
     return f"<p>{text}</p>"
 
 
@@ -114,13 +156,22 @@ def _top_table(attributions: Sequence[TokenAttribution], labels: Sequence[str] |
     rows = []
     for index, item in enumerate(attributions):
         label = labels[index] if labels else f"{item.method}: {item.target_label}"
-        delta = "" if item.relative_delta is None else f"{item.convergence_delta:+.3g} ({item.relative_delta:.0%})"
         top = ", ".join(f"{html.escape(repr(token))} {score:+.3g}" for _, token, score in item.top(k))
         rows.append(
-            f"<tr><td>{html.escape(label)}</td><td>{item.target_value:+.4g}</td><td>{delta}</td><td>{top}</td></tr>"
+            f"<tr><td>{html.escape(label)}</td><td>{item.target_value:+.4g}</td><td>{_baseline_cell(item)}</td>"
+            f"<td>{completeness_badge(item)}</td><td>{top}</td></tr>"
         )
-    header = "<tr><th>attribution</th><th>target value</th><th>convergence delta</th><th>top tokens</th></tr>"
+    header = (
+        "<tr><th>attribution</th><th>target value</th><th>baseline: target there (steps)</th>"
+        "<th>completeness gap</th><th>top tokens</th></tr>"
+    )
     return f"<table style='{TABLE_STYLE}' border='1' cellpadding='3'>{header}{''.join(rows)}</table>"
+
+
+def _baseline_cell(attribution: TokenAttribution) -> str:
+    if attribution.baseline_value is None:
+        return ""
+    return f"{html.escape(attribution.baseline)}: {attribution.baseline_value:+.4g} ({attribution.steps})"
 
 
 def _parts_table(attribution: HeadAttribution) -> str:
