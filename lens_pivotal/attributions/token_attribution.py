@@ -22,6 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from lens_pivotal.attributions.targets import Target, TargetSpec, resolve_target
+from lens_pivotal.attributions.views import LARGE_DELTA
 from lens_pivotal.indices import resolve_index
 from lens_pivotal.model import EMBEDDING_HOOK, Layer, StopForward
 from lens_pivotal.tokens import TextOrIds, Tokenization, own_tokenizer, token_ids
@@ -29,7 +30,6 @@ from lens_pivotal.viz.html import HTMLView
 
 Method = Literal["integrated_gradients", "input_x_gradient", "occlusion"]
 Baseline = Union[Literal["pad", "zero"], int]
-LARGE_DELTA = 0.05  # |convergence_delta| above this fraction of |target_value - baseline_value| gets a warning
 DEFAULT_STEPS = 128  # the fewest of 16/32/64/128 with every measured gap under 5% (attribute_tokens)
 QUADRATURE = "gausslegendre"  # captum's IntegratedGradients method
 HEADER_TOKENS = 4  # a chat template's role header after a special token ("assistant\n") is at most this many tokens

@@ -14,7 +14,6 @@ import circuitsvis.attention
 import circuitsvis.tokens
 import torch
 
-from lens_pivotal.attributions.token_attribution import LARGE_DELTA
 from lens_pivotal.viz.html import HTMLView, offline_html
 
 if TYPE_CHECKING:  # the result classes offer these views as their .view()
@@ -22,6 +21,7 @@ if TYPE_CHECKING:  # the result classes offer these views as their .view()
     from lens_pivotal.attributions.pivots import PivotExplanation
     from lens_pivotal.attributions.token_attribution import TokenAttribution
 
+LARGE_DELTA = 0.05  # |convergence_delta| above this fraction of |target_value - baseline_value| gets a warning
 POSITIVE, NEGATIVE = "#1f62d0", "#d0311f"
 TABLE_STYLE = "border-collapse:collapse;font-family:monospace;font-size:12px"
 BADGE_STYLE = "padding:1px 5px;border-radius:3px;font-family:monospace;font-size:12px"
