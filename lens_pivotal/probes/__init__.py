@@ -25,15 +25,14 @@ from lens_pivotal.probes.scoring import GeneratedScores, TokenScores, generate_w
 from lens_pivotal.probes.views import generated_view, token_scores_view
 from lens_pivotal.probes.baselines import BASELINES
 from lens_pivotal.probes.workflow import ProbeRun, format_baseline_table, format_layer_table, train_on_pts
-from lens_pivotal.probes.direction import DeltaRegression, delta_regression, direction_probes
+from lens_pivotal.probes.direction import DeltaRegression, delta_regression, direction_probes, format_delta_table
 from lens_pivotal.probes.transfer import TransferResult, format_transfer_table, transfer_matrix
 
 __all__ = [
-    "FalsePositiveRate",
-    "gate_precision",
     "ADAM_PROBE_SETTINGS",
     "BASELINES",
     "DeltaRegression",
+    "FalsePositiveRate",
     "GeneratedScores",
     "LayerMetrics",
     "LayerProbes",
@@ -48,8 +47,10 @@ __all__ = [
     "direction_probes",
     "evaluate_probes",
     "format_baseline_table",
+    "format_delta_table",
     "format_layer_table",
     "format_transfer_table",
+    "gate_precision",
     "generate_with_scores",
     "generated_view",
     "group_folds",
