@@ -82,3 +82,16 @@ def test_gate_precision_counts_every_answer_state_of_heldout_solutions(tiny_qwen
         expected = (fired & pivotal).sum() / fired.sum() if fired.any() else float("nan")
         assert row["precision"] == pytest.approx(expected, nan_ok=True)
         assert row["recall"] == pytest.approx((fired & pivotal).sum() / pivotal.sum())
+
+
+def test_a_refit_replaces_the_saved_heldout_scores_and_fit_alone_has_none(trained):
+    probes, _, _ = trained
+    acts, labels, groups, _ = planted(n_problems=60, seed=1)
+    settings = lp.probes.ProbeSettings(n_bootstrap=20, n_permutations=0)
+    refit = lp.train_probes(acts, labels, groups=groups, settings=settings)
+    _, heldout = lp.probes.group_split(groups, test_fraction=0.2, seed=0)
+    negatives = refit.predict_proba(acts[:, heldout])[1, labels[heldout] == 0].double().numpy()
+    assert sorted(refit.config.calibration["negative_scores"][1]) == pytest.approx(sorted(negatives))
+    refit.fit(acts, labels, groups)  # scikit-learn's convention: fit starts afresh and evaluates nothing
+    with pytest.raises(RuntimeError, match="hold no held-out scores: train them with train_probes"):
+        refit.threshold_at_fpr(0.1, 1)
