@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from transformers import AutoModelForCausalLM
 
 import lens_pivotal as lp
-from lens_pivotal.probes.baselines import BASELINE_L2, fit_baselines, token_log_odds
+from lens_pivotal.probes.baselines import BASELINE_L2, example_baselines, fit_baselines, token_log_odds
 from lens_pivotal.testing import tiny_qwen_dir
 from conftest import sklearn_group_folds
 
@@ -26,7 +26,7 @@ def qwen3_examples(tiny_qwen3_model, synthetic_rows):
 def test_values_equal_a_plain_hf_computation(tiny_qwen3_model, qwen3_examples):
     reference = AutoModelForCausalLM.from_pretrained(tiny_qwen_dir("qwen3"), dtype=torch.float32).eval()
     examples = qwen3_examples
-    baselines = examples.baselines(tiny_qwen3_model)
+    baselines = example_baselines(tiny_qwen3_model, examples)
     for index in (0, 3, len(examples) - 1):
         ids = examples.token_ids[examples.text_index[index]]
         position = examples.positions[index]
@@ -39,9 +39,9 @@ def test_values_equal_a_plain_hf_computation(tiny_qwen3_model, qwen3_examples):
         assert float(baselines["position"][index]) == position + 1 - answer_start  # index of the predicted token
         assert int(baselines["token"][index]) == ids[position]
     with pytest.raises(ValueError, match=r"final_resid must be \[n_examples, d_model\]"):
-        examples.baselines(tiny_qwen3_model, final_resid=torch.zeros(3, tiny_qwen3_model.cfg.d_model))
+        example_baselines(tiny_qwen3_model, examples, final_resid=torch.zeros(3, tiny_qwen3_model.cfg.d_model))
     acts = examples.cache(tiny_qwen3_model, progress=False)
-    same_pass = examples.baselines(tiny_qwen3_model, final_resid=acts[-1])
+    same_pass = example_baselines(tiny_qwen3_model, examples, final_resid=acts[-1])
     for name in ("entropy", "top1_prob"):
         torch.testing.assert_close(same_pass[name], baselines[name])
 

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import lens_pivotal as lp
-from lens_pivotal.probes.calibration import FalsePositiveRate, gate_precision
+from lens_pivotal.probes import FalsePositiveRate, gate_precision
 from lens_pivotal.testing import tiny_qwen_dir
 from conftest import hf_resid_states
 from test_probes_baselines import planted

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import lens_pivotal as lp
-from lens_pivotal.probes import group_split, probe_examples
+from lens_pivotal.probes import probe_examples
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL_ROWS = FIXTURES / "qwen3_0.6b_real_rows.jsonl"
@@ -187,15 +187,6 @@ def test_cache_runs_each_text_once_in_example_order(tiny_qwen3_model, synthetic_
     assert (acts[:, example] - direct[:, 0]).abs().max() < 1e-5
 
 
-def test_group_split_keeps_groups_whole():
-    groups = [f"q{i % 13}" for i in range(200)]
-    train, test = group_split(groups, test_fraction=0.25, seed=3)
-    assert sorted([*train, *test]) == list(range(200))
-    assert not {groups[i] for i in train} & {groups[i] for i in test}
-    assert len({groups[i] for i in test}) == 4
-    assert (train == group_split(groups, test_fraction=0.25, seed=3)[0]).all()
-
-
 @pytest.mark.parametrize(
     "call, error, message",
     [
@@ -204,8 +195,6 @@ def test_group_split_keeps_groups_whole():
         (lambda tok, rows: probe_examples(tok, rows, negatives="random"), ValueError, "negatives must be one of"),
         (lambda tok, rows: probe_examples(tok, [rows[0], {"query": "x"}]), TypeError, r"rows\[1\] is a dict"),
         (lambda tok, rows: probe_examples(tok, "missing.jsonl"), FileNotFoundError, "does not exist"),
-        (lambda tok, rows: group_split(["a", "a"]), ValueError, "at least 2 groups"),
-        (lambda tok, rows: group_split(["a", "b"], test_fraction=1.0), ValueError, "test_fraction"),
     ],
 )
 def test_bad_input_errors(qwen3_tok, synthetic_rows, call, error, message):

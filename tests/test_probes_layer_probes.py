@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 import lens_pivotal.probes.layer_probes as layer_probes_module
 from lens_pivotal.probes import (
+    ProbeRecorder,
     ADAM_PROBE_SETTINGS,
     LayerProbes,
     ProbeConfig,
@@ -106,7 +107,7 @@ def test_best_layer_is_chosen_by_grouped_cross_validation_on_the_training_proble
 def test_without_two_training_problems_the_best_layer_is_the_optimistic_one():
     acts, labels, _ = planted(n_rows=48)
     groups = ["a"] * 40 + ["b"] * 8
-    with pytest.warns(UserWarning, match="fewer than 2 training problems"):
+    with pytest.warns(UserWarning, match="too few training problems"):
         probes = train_probes(acts, labels, groups=groups, settings=ProbeSettings(l2=1.0, val_fraction=0.5, n_bootstrap=0))
     assert probes.config.cv_auroc is None and probes.best_layer == probes.best_heldout_layer
 
@@ -318,7 +319,7 @@ def test_fit_forgets_the_earlier_evaluation_and_matches_sklearn_on_the_new_label
         with pytest.raises(RuntimeError, match="no held-out evaluation"):
             getattr(refit, result)
     with pytest.raises(RuntimeError, match="no held-out evaluation"):
-        refit.hook()
+        ProbeRecorder(refit)
     assert refit.config.permutation_p is None and refit.config.baseline_metrics is None
     assert refit.config.n_train == len(labels) and refit.config.heldout_groups == []
     reference = LogisticRegression(C=1 / (1.0 * len(labels)), class_weight="balanced", tol=1e-10, max_iter=10_000)

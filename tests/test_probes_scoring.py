@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lens_pivotal.probes import ProbeSettings, probe_examples, train_probes
-from lens_pivotal.probes.scoring import generate_with_scores
+from lens_pivotal.probes.scoring import ProbeRecorder, generate_with_scores, recording, score_text
 from lens_pivotal.testing import reference_greedy_tokens
 
 TEXTS = ["Sam has 3 apples and buys 4 more.", "The answer is 7 because 3 + 4 = 7."]
@@ -23,13 +23,13 @@ def probes(tiny_qwen3_model, synthetic_rows):
 
 
 def test_score_text_layers(probes, tiny_qwen3_model):
-    best = probes.score_text(tiny_qwen3_model, TEXTS[0])
-    every = probes.score_text(tiny_qwen3_model, TEXTS[0], layer="all")
+    best = score_text(probes, tiny_qwen3_model, TEXTS[0])
+    every = score_text(probes, tiny_qwen3_model, TEXTS[0], layer="all")
     assert probes.layer_labels == ["emb", "0", "1", "2"]
     assert best.layers == [probes.best_layer] and every.layers == ["blocks.0.hook_resid_pre", 0, 1, 2]
     assert every.scores.shape == (4, len(best.tokens)) and "".join(best.tokens) == TEXTS[0]
     assert torch.allclose(every.scores[probes.slot(probes.best_layer)], best.scores[0], atol=1e-6)
-    chosen = probes.score_text(tiny_qwen3_model, TEXTS[0], layer=[2, "blocks.0.hook_resid_pre"])
+    chosen = score_text(probes, tiny_qwen3_model, TEXTS[0], layer=[2, "blocks.0.hook_resid_pre"])
     assert torch.allclose(chosen.scores, every.scores[[3, 0]], atol=1e-6) and chosen.layers == [2, "blocks.0.hook_resid_pre"]
     assert chosen.top(1, layer=2)[0][2] == pytest.approx(every.scores[3].max().item())
     assert best.top(2)[0][2] == pytest.approx(best.scores[0].max().item())
@@ -40,11 +40,11 @@ def test_hook_gives_the_scores_of_score_text_on_a_batch(probes, tiny_qwen3_model
     ids = [tiny_qwen3_model.tokenizer(text, add_special_tokens=False)["input_ids"] for text in TEXTS]
     width = min(len(i) for i in ids)
     batch = torch.tensor([i[:width] for i in ids])
-    with probes.recording(tiny_qwen3_model, layer) as recorder:
+    with recording(probes, tiny_qwen3_model, layer) as recorder:
         tiny_qwen3_model(batch)
     recorded = recorder.concatenated()
     for row in range(2):
-        expected = probes.score_text(tiny_qwen3_model, batch[row].tolist(), layer=layer).scores[0]
+        expected = score_text(probes, tiny_qwen3_model, batch[row].tolist(), layer=layer).scores[0]
         assert torch.allclose(recorded[row], expected, atol=1e-5)
 
 
@@ -54,11 +54,11 @@ def test_hook_composes_with_user_hooks_and_is_always_removed(probes, tiny_qwen3_
     name = "blocks.1.hook_resid_post"
     ablate_block_0 = ("blocks.0.hook_resid_post", lambda resid, hook: torch.zeros_like(resid))
     with tiny_qwen3_model.hooks(fwd_hooks=[(name, lambda resid, hook: seen.append(tuple(resid.shape))), ablate_block_0]):
-        with pytest.raises(KeyError), probes.recording(tiny_qwen3_model, 1) as recorder:
+        with pytest.raises(KeyError), recording(probes, tiny_qwen3_model, 1) as recorder:
             tiny_qwen3_model(ids)
             raise KeyError("user code fails inside the block")
     assert seen == [tuple(ids.shape) + (64,)] and len(recorder.scores) == 1
-    plain = probes.score_text(tiny_qwen3_model, ids[0].tolist(), layer=1).scores[0]
+    plain = score_text(probes, tiny_qwen3_model, ids[0].tolist(), layer=1).scores[0]
     assert not torch.allclose(recorder.scores[0][0], plain), "the user's ablation upstream reached our scores"
     tiny_qwen3_model(ids)
     assert len(recorder.scores) == 1, "the recorder was detached after the with block"
@@ -71,7 +71,7 @@ def test_generate_with_scores_matches_scoring_the_finished_text(probes, tiny_qwe
     )
     assert live[:6] == pytest.approx(generated.scores.tolist(), abs=1e-6), "each score reaches on_score before its token"
     assert len(generated.token_ids) == len(generated.scores) == 6
-    whole = probes.score_text(tiny_qwen3_model, generated.prompt_ids + generated.token_ids, layer=1).scores[0]
+    whole = score_text(probes, tiny_qwen3_model, generated.prompt_ids + generated.token_ids, layer=1).scores[0]
     start = len(generated.prompt_ids) - 1
     assert torch.allclose(generated.scores, whole[start : start + 6], atol=1e-4)
     assert [flag for _, _, flag in generated] == (generated.scores >= 0.5).tolist()
@@ -86,25 +86,25 @@ def test_generate_with_scores_generates_what_an_uncached_hf_loop_does(probes, ti
 
 def test_scoring_errors(probes, tiny_qwen3_model):
     with pytest.raises(IndexError, match="block 9 is out of range: the model has 3 blocks"):
-        probes.score_text(tiny_qwen3_model, TEXTS[0], layer=9)
+        score_text(probes, tiny_qwen3_model, TEXTS[0], layer=9)
     with pytest.raises(ValueError, match="best is not among the layers these probes read"):
-        probes.score_text(tiny_qwen3_model, TEXTS[0], layer="best")
+        score_text(probes, tiny_qwen3_model, TEXTS[0], layer="best")
     with pytest.raises(ValueError, match="no tokens"):
-        probes.score_text(tiny_qwen3_model, "")
+        score_text(probes, tiny_qwen3_model, "")
     with pytest.raises(IndexError, match="out of range"):
-        probes.hook(7)
+        ProbeRecorder(probes, 7)
     acts = torch.randn(3, 40, 32)
     groups = [str(i // 4) for i in range(40)]
     other = train_probes(acts, torch.arange(40) % 2, groups=groups, settings=ProbeSettings(l2=1.0, n_bootstrap=0))
     with pytest.raises(ValueError, match="d_model 32, 3 layers.*has d_model 64 and 3 layers"):
-        other.score_text(tiny_qwen3_model, TEXTS[0])
+        score_text(other, tiny_qwen3_model, TEXTS[0])
 
 
 def test_recorder_and_token_errors(probes, tiny_qwen3_model):
     with pytest.raises(RuntimeError, match="nothing recorded yet: no forward pass went through blocks"):
-        probes.hook(1).concatenated()
+        ProbeRecorder(probes, 1).concatenated()
     with pytest.raises(TypeError, match="text must be a string or token ids, got float"):
-        probes.score_text(tiny_qwen3_model, 3.5)
+        score_text(probes, tiny_qwen3_model, 3.5)
 
 
 @pytest.mark.parametrize("kv_cache", [True, False])

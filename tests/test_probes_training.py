@@ -10,16 +10,17 @@ import torch
 from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from lens_pivotal.probes.examples import group_folds
+from sklearn.preprocessing import StandardScaler
+
 from lens_pivotal.probes.training import (
     ConvergenceWarning,
     Heads,
     balanced_weights,
     fit_lbfgs,
+    fold_inputs,
     head_losses,
     loss_gradients,
 )
-from conftest import sklearn_group_folds
 
 
 def problem(seed=0, n_layers=3, n_heads=4, n=50, d_model=7):
@@ -40,6 +41,28 @@ def test_loss_gradients_match_autograd():
     assert torch.allclose(grad_weight, weight.grad, atol=1e-12) and torch.allclose(grad_bias, bias.grad, atol=1e-12)
 
 
+def test_fold_inputs_are_each_heads_rows_through_a_standard_scaler_fitted_on_its_own_rows():
+    x, labels, _ = problem(2)
+    x = x * torch.linspace(0.5, 20, 7, dtype=torch.float64) + 3
+    mask = (torch.rand(4, 50, generator=torch.Generator().manual_seed(3)) < 0.7).double()
+    inputs = fold_inputs(x, mask)
+    for layer, head in np.ndindex(3, 4):
+        scaler = StandardScaler().fit(x[layer][mask[head].bool()].numpy())
+        ours = (x[layer] * inputs.scale[layer, head] + inputs.shift[layer, head]).numpy()
+        np.testing.assert_allclose(ours, scaler.transform(x[layer].numpy()), atol=1e-9)
+
+
+def test_gradients_through_head_inputs_match_autograd():
+    x, labels, weights = problem(4)
+    inputs = fold_inputs(x, (weights > 0.3).double())
+    weight = torch.randn(3, 4, 7, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    l2 = torch.tensor(0.2, dtype=torch.float64)
+    head_losses(Heads(weight, bias, inputs), x, labels, weights, l2).sum().backward()
+    grad_weight, grad_bias = loss_gradients(Heads(weight.detach(), bias.detach(), inputs), x, labels, weights, l2)
+    assert torch.allclose(grad_weight, weight.grad, atol=1e-12) and torch.allclose(grad_bias, bias.grad, atol=1e-12)
+
+
 def test_heads_fitted_together_equal_heads_fitted_alone():
     x, labels, weights = problem(1)
     together = fit_lbfgs(x, labels, weights, torch.tensor(0.05, dtype=torch.float64))
@@ -55,24 +78,6 @@ def test_balanced_weights_give_each_class_half():
     weights = balanced_weights(labels, mask)
     assert weights[0, 5] == 0
     assert (weights * labels).sum() == (weights * (1 - labels)).sum() == mask.sum() / 2
-
-
-def test_group_folds_keep_groups_whole():
-    groups = [f"g{i % 11}" for i in range(100)]
-    folds = group_folds(groups, 5, seed=2)
-    assert set(folds.tolist()) == set(range(5))
-    for group in set(groups):
-        assert len({int(folds[i]) for i, g in enumerate(groups) if g == group}) == 1
-    assert int(group_folds(["a", "b", "a"], 5).max()) == 1
-
-
-def test_stratified_group_folds_are_scikit_learns_and_each_holds_both_classes():
-    groups = [f"g{i // 4}" for i in range(80)]  # 20 groups of 4 rows; positives only in 6 groups
-    labels = [int(i // 4 in (0, 1, 2, 3, 4, 5)) for i in range(80)]
-    folds = group_folds(groups, 5, seed=1, labels=labels).numpy()
-    expected = sklearn_group_folds(groups, labels, 5, seed=1)
-    assert {tuple(np.flatnonzero(folds == f)) for f in range(5)} == {tuple(np.flatnonzero(expected == f)) for f in range(5)}
-    assert all(0 < sum(labels[i] for i in np.flatnonzero(folds == f)) for f in range(5))
 
 
 def spread_l2_problem(n=200, d_model=16, seed=0):

@@ -9,7 +9,7 @@ import socket
 import pytest
 import torch
 
-from lens_pivotal.probes.scoring import GeneratedScores, TokenScores
+from lens_pivotal.probes.scores import GeneratedScores, TokenScores
 from lens_pivotal.probes.views import generated_view, token_scores_view
 
 TOKENS = ["Sam", " has", " 3", " apples", " because", "\n"]

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import lens_pivotal as lp
-from lens_pivotal.probes.metrics import group_bootstrap_weights
+from lens_pivotal.probes.selection import group_bootstrap_weights
 from lens_pivotal.pts import ArithmeticConfig, arithmetic_problems
 from lens_pivotal.pts.prompts import PromptFormat, prompt_token_ids
 from lens_pivotal.pts.rollouts import HFRollouts, SamplingConfig, stop_token_ids

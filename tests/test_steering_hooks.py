@@ -12,7 +12,7 @@ import torch
 from conftest import LAYERNORM_FAMILIES, in_our_convention
 
 import lens_pivotal as lp
-from lens_pivotal.probes import LayerProbes, ProbeSettings
+from lens_pivotal.probes import LayerProbes, ProbeRecorder, ProbeSettings
 from lens_pivotal.testing import edited_block_output
 
 LAYER, ALPHA, NORM = 1, 3.0, 2.5
@@ -128,7 +128,7 @@ def test_composes_with_run_with_hooks_the_probe_recorder_and_a_user_hook(tiny_qw
     seen = {}
     before = ("blocks.1.hook_resid_post", lambda resid, hook: seen.__setitem__("before", resid.clone()))
     after = ("blocks.1.hook_resid_post", lambda resid, hook: seen.__setitem__("after", resid.clone()))
-    recorder = probes.hook(LAYER)  # reads the state it is given: here, after the steering
+    recorder = ProbeRecorder(probes, LAYER)  # reads the state it is given: here, after the steering
     tiny_qwen3_model.run_with_hooks(torch.tensor(IDS), fwd_hooks=[before, hook.fwd_hook, after, recorder.fwd_hook])
     added = seen["after"] - seen["before"]
     torch.testing.assert_close(added[0, 2], ALPHA * NORM * unit(direction))

@@ -9,6 +9,7 @@ from conftest import hf_token_ids
 
 import lens_pivotal as lp
 from lens_pivotal.patchscope import relation_prompts
+from lens_pivotal.probes import score_text
 from lens_pivotal.tokens import token_ids
 
 TEXT = "The capital city of France is"
@@ -53,7 +54,7 @@ def test_every_entry_point_puts_a_string_on_the_same_tokens_as_the_hf_tokenizer(
     for text, expected in ((plain, tokenizer(plain)["input_ids"]),
                            (templated, tokenizer(templated, add_special_tokens=False)["input_ids"])):
         assert token_ids(model, text).tolist() == expected
-        assert probes.score_text(model, text).token_ids == expected
+        assert score_text(probes, model, text).token_ids == expected
         assert lp.attribute_tokens(model, text, target=None, method="input_x_gradient").token_ids == expected
         assert lp.head_attributions(model, text, target=None).token_ids == expected
 

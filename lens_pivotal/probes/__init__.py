@@ -2,31 +2,35 @@
 
     examples = lp.probe_examples(model, lp.load_pts("pts.jsonl"))
     acts = examples.cache(model)                                   # [n_layers, n_examples, d_model]
-    probes = lp.train_probes(acts, examples.labels, groups=examples.groups, model=model)
-    probes.save("probes/"); probes.score_text(model, "Some new text")
+    baselines = lp.probes.example_baselines(model, examples, final_resid=acts[-1])
+    probes = lp.train_probes(acts, examples.labels, groups=examples.groups, model=model, baselines=baselines)
+    probes.save("probes/"); lp.probes.score_text(probes, model, "Some new text")
     cross_val_score(lp.probes.LinearProbe(l2=1e-2), acts[12].numpy(), examples.labels, groups=examples.groups)
     lp.probes.transfer_matrix(model, {"one": "a.jsonl", "two": "b.jsonl"})  # train on one family, score the other
+
+Modules, in data-flow order: ``examples`` (PTS rows to labelled positions) and ``baselines``; ``config`` (settings
+and what is saved), ``training`` (the batched solver), ``selection`` (splits, folds, the bootstrap, cross-validated
+fits), ``metrics`` and ``calibration``; ``layer_probes`` (the estimator), ``estimator`` (one layer as a
+scikit-learn classifier), ``evaluation`` (``train_probes``), ``controls``, ``direction``; ``scoring`` and ``scores``
+(new text), ``views`` and ``plots``; ``workflow`` and ``transfer`` (whole runs).
 """
 
-from lens_pivotal.probes.calibration import FalsePositiveRate, gate_precision
+from lens_pivotal.probes.baselines import BASELINES, example_baselines
+from lens_pivotal.probes.calibration import FalsePositiveRate
+from lens_pivotal.probes.config import ADAM_PROBE_SETTINGS, ProbeConfig, ProbeSettings
+from lens_pivotal.probes.direction import DeltaRegression, delta_regression, direction_probes, format_delta_table
 from lens_pivotal.probes.estimator import LinearProbe
-from lens_pivotal.probes.examples import ProbeExamples, group_folds, group_split, probe_examples
-from lens_pivotal.probes.layer_probes import (
-    ADAM_PROBE_SETTINGS,
-    LayerProbes,
-    ProbeConfig,
-    ProbeSettings,
-    evaluate_probes,
-    train_probes,
-)
+from lens_pivotal.probes.evaluation import evaluate_probes, gate_precision, train_probes
+from lens_pivotal.probes.examples import ProbeExamples, probe_examples
+from lens_pivotal.probes.layer_probes import LayerProbes
 from lens_pivotal.probes.metrics import LayerMetrics, heldout_metrics
 from lens_pivotal.probes.plots import plot_layer_metrics, plot_projection
-from lens_pivotal.probes.scoring import GeneratedScores, TokenScores, generate_with_scores
-from lens_pivotal.probes.views import generated_view, token_scores_view
-from lens_pivotal.probes.baselines import BASELINES
-from lens_pivotal.probes.workflow import ProbeRun, format_baseline_table, format_layer_table, train_on_pts
-from lens_pivotal.probes.direction import DeltaRegression, delta_regression, direction_probes, format_delta_table
+from lens_pivotal.probes.scores import GeneratedScores, TokenScores
+from lens_pivotal.probes.scoring import ProbeRecorder, generate_with_scores, recording, score_text
+from lens_pivotal.probes.selection import group_folds, group_split
 from lens_pivotal.probes.transfer import TransferResult, format_transfer_table, transfer_matrix
+from lens_pivotal.probes.views import generated_view, token_scores_view
+from lens_pivotal.probes.workflow import ProbeRun, format_baseline_table, format_layer_table, train_on_pts
 
 __all__ = [
     "ADAM_PROBE_SETTINGS",
@@ -39,6 +43,7 @@ __all__ = [
     "LinearProbe",
     "ProbeConfig",
     "ProbeExamples",
+    "ProbeRecorder",
     "ProbeRun",
     "ProbeSettings",
     "TokenScores",
@@ -46,6 +51,7 @@ __all__ = [
     "delta_regression",
     "direction_probes",
     "evaluate_probes",
+    "example_baselines",
     "format_baseline_table",
     "format_delta_table",
     "format_layer_table",
@@ -59,6 +65,8 @@ __all__ = [
     "plot_layer_metrics",
     "plot_projection",
     "probe_examples",
+    "recording",
+    "score_text",
     "token_scores_view",
     "train_on_pts",
     "train_probes",

@@ -20,17 +20,15 @@ several features at once, e.g. a probe's logit beside the entropy (does the resi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from lens_pivotal.lenses import logit_lens
+from lens_pivotal.probes.examples import ProbeExamples
 from lens_pivotal.probes.training import balanced_weights, fit_lbfgs
-
-if TYPE_CHECKING:
-    from lens_pivotal.probes.examples import ProbeExamples
 
 BASELINES = ("entropy", "top1_prob", "position", "token")
 LOGIT_ROWS = 64  # rows unembedded at once: bounds the [rows, d_vocab] intermediate
@@ -40,7 +38,11 @@ BASELINE_L2 = 1e-4  # a whisper of L2 keeps a perfectly separating baseline's sl
 def example_baselines(
     model: Any, examples: ProbeExamples, final_resid: Tensor | None = None, **cache_kwargs: Any
 ) -> dict[str, Tensor]:
-    """The :data:`BASELINES` of every example (tensors of length ``len(examples)``; ``token`` holds token ids)."""
+    """What a sceptical reviewer tries before a probe, one score per example (tensors of length ``len(examples)``):
+    ``entropy`` (nats) and ``top1_prob`` of the model's own next-token distribution, ``position`` (the index in the
+    answer) and ``token`` (the current token's id; :func:`~lens_pivotal.probes.train_probes` fits its score on the
+    training problems). Pass ``final_resid`` (the last block's rows of ``examples.cache``, e.g. ``acts[-1]``) to
+    read the logits from that pass instead of running the model again; other keyword arguments go to the cache."""
     if final_resid is None:
         final_resid = examples.cache(model, layers=[model.cfg.n_layers - 1], **{"progress": False, **cache_kwargs})[0]
     if final_resid.ndim != 2 or final_resid.shape[0] != len(examples):

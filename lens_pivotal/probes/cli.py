@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import get_args
 
 from lens_pivotal.cli.arguments import EMBEDDED, add_model_arguments, load_model_from_args, parse_ints
-from lens_pivotal.probes.calibration import FalsePositiveRate, Threshold, resolve_threshold
+from lens_pivotal.probes.calibration import FalsePositiveRate, Threshold
 from lens_pivotal.probes.examples import NegativeRecipe
-from lens_pivotal.probes.layer_probes import SOLVERS, ProbeSettings
+from lens_pivotal.probes.config import SOLVERS, ProbeSettings
 from lens_pivotal.pts.dataset import SHIPPED_DATASETS
 from lens_pivotal.viz.tables import format_table
 
@@ -147,13 +147,14 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from lens_pivotal.probes.layer_probes import LayerProbes
+    from lens_pivotal.probes.scoring import score_text
     from lens_pivotal.probes.views import token_scores_view
 
     probes = LayerProbes.load(args.probes)
     args.model = args.model or probes.config.model_source or probes.config.model_name
     model = load_model_from_args(args)
-    scores = probes.score_text(model, args.text, layer=args.layer)
-    threshold = resolve_threshold(probes, threshold_from_args(args), args.layer)
+    scores = score_text(probes, model, args.text, layer=args.layer)
+    threshold = probes.resolve_threshold(threshold_from_args(args), args.layer)
     print(f"P(next token is pivotal), layer {scores.layer_labels[0]} of {probes.config.model_name}; marked at >= "
           f"{threshold:.3f}")
     values = scores.scores[0].tolist()

@@ -20,9 +20,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lens_pivotal.probes.examples import ProbeExamples, group_folds, group_split
-from lens_pivotal.probes.layer_probes import LayerProbes, ProbeSettings, train_probes
-from lens_pivotal.probes.metrics import group_bootstrap_weights, percentile_interval
+from lens_pivotal.probes.config import ProbeSettings
+from lens_pivotal.probes.evaluation import train_probes
+from lens_pivotal.probes.examples import ProbeExamples
+from lens_pivotal.probes.layer_probes import LayerProbes
+from lens_pivotal.probes.selection import group_bootstrap_weights, group_folds, group_split, percentile_interval
 from lens_pivotal.viz import format_table
 
 RIDGE_GRID = (1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)  # scikit-learn's ``alpha`` on standardised features

@@ -15,7 +15,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from lens_pivotal.probes.training import balanced_weights, fit_lbfgs
+from lens_pivotal.probes.training import MIN_SCALE, balanced_weights, fit_lbfgs
 
 
 class LinearProbe(ClassifierMixin, BaseEstimator):
@@ -24,8 +24,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     Args:
         l2: the penalty on the mean training loss, ``l2 / 2 * |w|^2`` (scikit-learn's ``C`` is ``1 / (l2 * n_rows)``).
-        standardize: fit on standardised features (mean and standard deviation of the training rows); ``coef_`` is
-            in the input's own units either way.
+        standardize: fit on standardised features (the training rows' mean and population standard deviation, as
+            scikit-learn's ``StandardScaler``); ``coef_`` is in the input's own units either way.
         class_weight: ``"balanced"`` weighs each class by ``n / (2 n_class)``; ``None`` weighs every row alike.
         max_iter: L-BFGS iterations (a ``ConvergenceWarning`` says when they run out).
         dtype: the solve's precision.
@@ -70,7 +70,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         """Per-feature mean and scale, as :class:`~lens_pivotal.LayerProbes` computes them (or 0 and 1)."""
         if not self.standardize:
             return torch.zeros(x.shape[1]).to(x), torch.ones(x.shape[1]).to(x)
-        return x.mean(0), x.std(0).clamp_min(1e-6)
+        return x.mean(0), x.std(0, correction=0).clamp_min(MIN_SCALE)
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """The logit of the second class (``classes_[1]``, the pivotal one) per row, ``[n_rows]``."""

@@ -134,18 +134,6 @@ class ProbeExamples:
         acts = cache_resid_post(model, self.token_ids, per_text, **{"share_prefixes": True, **cache_kwargs})
         return acts.load() if hasattr(acts, "load") else acts
 
-    def baselines(
-        self, model: Any, final_resid: Float[Tensor, "n_examples d_model"] | None = None, **cache_kwargs: Any
-    ) -> dict[str, Tensor]:
-        """What a sceptical reviewer tries before a probe, one score per example: ``entropy`` (nats) and
-        ``top1_prob`` of the model's own next-token distribution, ``position`` (relative, in the answer) and
-        ``token`` (the current token's id; :func:`~lens_pivotal.probes.train_probes` fits its score on the training
-        problems); see :mod:`lens_pivotal.probes.baselines`. Pass ``final_resid`` (the last block's rows of
-        :meth:`cache`, e.g. ``acts[-1]``) to read the logits from that pass instead of running the model again."""
-        from lens_pivotal.probes.baselines import example_baselines
-
-        return example_baselines(model, self, final_resid, **cache_kwargs)
-
 
 def probe_examples(
     model: Any,
@@ -196,47 +184,6 @@ def probe_examples(
             stacklevel=2,
         )
     return examples
-
-
-def group_split(
-    groups: Sequence[str], *, test_fraction: float = 0.2, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(train, test)`` splitting examples by group, so that no group is in both.
-
-    ``ceil(test_fraction * n_groups)`` groups (at least one, and at least one left for training) go to the test side.
-    """
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-    names = sorted(set(groups))
-    if len(names) < 2:
-        raise ValueError(f"a grouped split needs at least 2 groups, got {len(names)}")
-    random.Random(seed).shuffle(names)
-    n_test = min(max(1, int(np.ceil(test_fraction * len(names)))), len(names) - 1)
-    test_groups = set(names[:n_test])
-    is_test = np.array([group in test_groups for group in groups])
-    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
-
-
-def group_folds(groups: Sequence[str], n_folds: int, seed: int = 0, labels: Sequence[int] | Tensor | None = None) -> Tensor:
-    """Fold index per example for grouped cross-validation: whole groups per fold, ``min(n_folds, n_groups)`` folds.
-
-    With ``labels``, scikit-learn's ``StratifiedGroupKFold`` (shuffled, seeded) deals the groups so that every fold
-    keeps about the classes' overall ratio (a fold without positives would score nothing); without, groups are
-    shuffled and dealt round-robin. Folds are numbered from 0 without gaps.
-    """
-    names = sorted(set(groups))
-    n_folds = min(n_folds, len(names))
-    if labels is None or n_folds < 2:
-        np.random.default_rng(seed).shuffle(names)
-        fold_of = {name: index % n_folds for index, name in enumerate(names)}
-        return torch.tensor([fold_of[group] for group in groups])
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    folds = np.zeros(len(groups), dtype=np.int64)
-    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for fold, (_, test) in enumerate(splitter.split(np.zeros(len(groups)), np.asarray(labels), np.asarray(groups))):
-        folds[test] = fold
-    return torch.from_numpy(np.unique(folds, return_inverse=True)[1])
 
 
 def _generation_header(tokenizer: Any) -> str:

@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+from lens_pivotal.probes.selection import group_bootstrap_weights, percentile_interval
 
 THRESHOLD = 0.5
 MAX_ELEMENTS = 20_000_000  # bounds the [n_layers, n_resamples, n] intermediates of one bootstrap chunk
@@ -130,20 +131,23 @@ def heldout_metrics(
     return LayerMetrics(values, low, high, n_bootstrap, confidence)
 
 
-def percentile_interval(draws: Tensor, confidence: float = 0.95) -> tuple[Tensor, Tensor]:
-    """The percentile bootstrap interval of each row of ``draws`` (resamples on the last axis), ignoring NaN draws
-    (resamples in which the statistic is undefined, e.g. an AUROC without both classes)."""
-    tail = (1 - confidence) / 2
-    return draws.nanquantile(tail, dim=-1), draws.nanquantile(1 - tail, dim=-1)
+def auroc_per_row(scores: Float[Tensor, "k n"], labels: Tensor) -> Float[Tensor, " k"]:
+    """The AUROC of each row of ``scores`` against ``labels`` (float64)."""
+    return auroc(scores.double(), labels.double(), torch.ones(1, len(labels), dtype=torch.float64))[:, 0]
 
 
-def group_bootstrap_weights(groups: Sequence, n_resamples: int, seed: int = 0) -> Float[Tensor, "n_resamples n"]:
-    """How many times each example is drawn when whole groups are resampled with replacement."""
-    names, group_of = np.unique(np.asarray([str(group) for group in groups]), return_inverse=True)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(names), size=(n_resamples, len(names)))
-    counts = np.stack([np.bincount(row, minlength=len(names)) for row in draws]) if n_resamples else np.zeros((0, len(names)))
-    return torch.from_numpy(counts[:, group_of]).float()
+def paired_auroc_difference(
+    scores: Float[Tensor, "k n"], reference: Float[Tensor, " n"], labels: Tensor, groups: Sequence[str], *,
+    n_bootstrap: int, seed: int, confidence: float = 0.95,
+) -> dict[str, list[float]]:
+    """AUROC of each row of ``scores`` minus ``reference``'s, with a percentile interval over the same bootstrap
+    resamples of the groups (paired): ``{"value", "low", "high"}``."""
+    compared = torch.cat([scores.double(), reference.double().unsqueeze(0)])
+    value = auroc_per_row(compared, labels)
+    resampled = group_bootstrap_weights(groups, n_bootstrap, seed).double()
+    draws = auroc(compared, labels.double(), resampled) if n_bootstrap else torch.full((len(compared), 1), float("nan"))
+    low, high = percentile_interval(draws[:-1] - draws[-1:], confidence)
+    return {"value": (value[:-1] - value[-1]).tolist(), "low": low.tolist(), "high": high.tolist()}
 
 
 def _weighted_sum(values: Tensor, weights: Tensor) -> Tensor:

@@ -7,8 +7,7 @@ A score at token ``t`` is the probe's probability that token ``t + 1`` is pivota
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float
@@ -16,74 +15,21 @@ from torch import Tensor
 
 from lens_pivotal.model import EMBEDDING_HOOK, Layer, block_of
 from lens_pivotal.positions import SequencePositions
-from lens_pivotal.probes.calibration import Threshold, resolve_threshold
-from lens_pivotal.probes.views import token_scores_view
+from lens_pivotal.probes.calibration import Threshold
+from lens_pivotal.probes.layer_probes import LayerProbes
+from lens_pivotal.probes.scores import GeneratedScores, TokenScores
 from lens_pivotal.resid.cache import Layout, cache_resid_post
 from lens_pivotal.tokens import token_ids
-from lens_pivotal.viz.html import HTMLView
-
-if TYPE_CHECKING:
-    from lens_pivotal.probes.layer_probes import LayerProbes
 
 LayerChoice = Layer | Sequence[Layer] | None  # or "all"
 
 
-@dataclass
-class TokenScores:
-    """Per-token probe scores of one text: ``scores[k, t]`` = P(token ``t + 1`` is pivotal) at ``layers[k]`` (a
-    block, or a hook name for the embedding stream; ``layer_labels[k]`` is its short label)."""
-
-    tokens: list[str]
-    token_ids: list[int]
-    scores: Float[Tensor, "n_layers n_tokens"]
-    layers: list[Layer]
-    layer_labels: list[str]
-
-    def top(self, k: int = 5, layer: Layer | None = None) -> list[tuple[int, str, float]]:
-        """The ``k`` highest-scoring positions at ``layer`` (a scored block or hook name; default: the first scored):
-        ``(position, token, score)``."""
-        if layer is not None and layer not in self.layers:
-            raise ValueError(f"layer {layer!r} was not scored; these scores hold layers {self.layers}")
-        row = self.scores[0 if layer is None else self.layers.index(layer)]
-        values, positions = row.topk(min(k, self.scores.shape[1]))
-        return [(int(p), self.tokens[int(p)], float(v)) for v, p in zip(values, positions)]
-
-    def view(self) -> HTMLView:
-        """A circuitsvis view: one layer as coloured tokens, several as a layer selector (see ``probes.views``)."""
-        return token_scores_view(self)
-
-
-@dataclass
-class GeneratedScores:
-    """Generated tokens with the probe's score for each, read just before it was generated, and a flag at
-    ``score >= threshold``: a likely pivot."""
-
-    prompt_ids: list[int]
-    tokens: list[str]
-    token_ids: list[int]
-    scores: Float[Tensor, " n_new"]
-    threshold: float
-    layer_label: str
-
-    @property
-    def flagged(self) -> Tensor:
-        """Boolean mask of generated tokens scored at or above ``threshold``."""
-        return self.scores >= self.threshold
-
-    @property
-    def text(self) -> str:
-        """The generated text (without the prompt)."""
-        return "".join(self.tokens)
-
-    def __iter__(self) -> Iterator[tuple[str, float, bool]]:
-        return iter(zip(self.tokens, self.scores.tolist(), self.flagged.tolist()))
-
-
 class ProbeRecorder:
-    """A TransformerLens hook function that scores every position it sees with one layer's probe.
+    """A TransformerLens hook function that scores every position it sees with the probe of ``layer`` (a block or a
+    hook name; default: the best layer).
 
     Use it like any hook: ``model.hooks(fwd_hooks=[recorder.fwd_hook])``, ``run_with_hooks``, or
-    :meth:`LayerProbes.recording`. It never changes the activation, so it composes with other hooks. Each forward
+    :func:`recording`. It never changes the activation, so it composes with other hooks. Each forward
     pass appends ``[batch, pos]`` probabilities to :attr:`scores`; :meth:`concatenated` places them at their absolute
     positions, whether ``generate`` continues from the KV cache (one-position passes) or recomputes the sequence
     (:class:`~lens_pivotal.positions.SequencePositions`). ``on_score``, if given, is
@@ -91,9 +37,11 @@ class ProbeRecorder:
     the token about to be sampled is pivotal, before it is sampled.
     """
 
-    def __init__(self, probes: LayerProbes, layer: Layer, on_score: Callable[[Tensor], object] | None = None) -> None:
+    def __init__(
+        self, probes: LayerProbes, layer: Layer | None = None, on_score: Callable[[Tensor], object] | None = None
+    ) -> None:
         self.probes = probes
-        slot = probes.slot(layer)
+        slot = probes.slot(probes.best_layer if layer is None else layer)
         self.hook_name: str = probes.config.hook_names[slot]
         self.layer: Layer = probes.layers[slot]
         self.layer_label = probes.layer_labels[slot]
@@ -137,7 +85,7 @@ def recording(
 ) -> Iterator[ProbeRecorder]:
     """Attach a :class:`ProbeRecorder` to ``model`` for the ``with`` block; the hook is always removed after."""
     probes.check_model(model)
-    recorder = ProbeRecorder(probes, probes.best_layer if layer is None else layer, on_score)
+    recorder = ProbeRecorder(probes, layer, on_score)
     with model.hooks(fwd_hooks=[recorder.fwd_hook]):
         yield recorder
 
@@ -183,7 +131,7 @@ def generate_with_scores(
     :class:`~lens_pivotal.probes.calibration.FalsePositiveRate` on the probes' held-out negatives (pivots are rare
     while generating, so 0.5 of a probe trained on balanced classes flags many more tokens than "likely" suggests).
     """
-    threshold = resolve_threshold(probes, threshold, layer)
+    threshold = probes.resolve_threshold(threshold, layer)
     prompt_ids = _answer_ids(model, prompt)
     tokens_in = torch.tensor([prompt_ids], device=next(model.parameters()).device)
     live = None if on_score is None else (lambda scores: on_score(float(scores[0])))

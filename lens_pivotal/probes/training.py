@@ -22,17 +22,50 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+MIN_SCALE = 1e-6  # the smallest standard deviation a feature is divided by (a constant feature stays 0)
+
+@dataclass
+class HeadInputs:
+    """A per-head affine view of the shared rows: head ``h`` of layer ``l`` reads ``x * scale[l, h] + shift[l, h]``
+    (``[n_layers, n_heads, d_model]`` each). Cross-validation uses it to standardise each fold's rows with the
+    statistics of the rows that fold trains on, without a copy of the activations per fold."""
+
+    scale: Tensor
+    shift: Tensor
+
+    def __getitem__(self, layers: Tensor) -> HeadInputs:
+        return HeadInputs(self.scale[layers], self.shift[layers])
+
+
+def fold_inputs(x: Float[Tensor, "n_layers n d_model"], fit_mask: Float[Tensor, "n_heads n"]) -> HeadInputs:
+    """Each head's view of ``x`` standardised (mean 0, population standard deviation 1, as scikit-learn's
+    ``StandardScaler``) over the rows its row of ``fit_mask`` keeps."""
+    count = fit_mask.sum(-1).clamp_min(1).view(1, -1, 1)
+    mean = torch.einsum("hn,lnd->lhd", fit_mask.to(x), x) / count
+    second = torch.einsum("hn,lnd->lhd", fit_mask.to(x), x * x) / count
+    scale = 1 / (second - mean * mean).clamp_min(0).sqrt().clamp_min(MIN_SCALE)
+    return HeadInputs(scale, -mean * scale)
+
 
 @dataclass
 class Heads:
-    """Fitted heads: ``weight [n_layers, n_heads, d_model]``, ``bias [n_layers, n_heads]``."""
+    """Fitted heads: ``weight [n_layers, n_heads, d_model]``, ``bias [n_layers, n_heads]``, read through ``inputs``
+    when given (see :class:`HeadInputs`)."""
 
     weight: Tensor
     bias: Tensor
+    inputs: HeadInputs | None = None
 
     def logits(self, x: Float[Tensor, "n_layers n d_model"]) -> Float[Tensor, "n_layers n_heads n"]:
         """Logits of every head on every example of its layer."""
-        return torch.einsum("lnd,lhd->lhn", x, self.weight) + self.bias.unsqueeze(-1)
+        weight, bias = self.weight, self.bias
+        if self.inputs is not None:
+            weight, bias = weight * self.inputs.scale, bias + (weight * self.inputs.shift).sum(-1)
+        return torch.einsum("lnd,lhd->lhn", x, weight) + bias.unsqueeze(-1)
+
+    def layers(self, layers: Tensor) -> Heads:
+        """The heads of ``layers`` only."""
+        return Heads(self.weight[layers], self.bias[layers], None if self.inputs is None else self.inputs[layers])
 
 
 def head_losses(
@@ -81,6 +114,7 @@ def fit_lbfgs(
     max_iter: int = 500,
     tolerance: float = 1e-6,
     init: Heads | None = None,
+    inputs: HeadInputs | None = None,
 ) -> Heads:
     """Full-batch L-BFGS (strong-Wolfe line search) on the sum of the heads' objectives, from zero or ``init``.
 
@@ -89,7 +123,7 @@ def fit_lbfgs(
     of L2 at a time over the layers that hold it (``max_iter`` iterations each). Warns :class:`ConvergenceWarning`,
     naming the layers and heads, where a solve runs out of iterations (``max_iter``) or function evaluations before a
     head's largest gradient component is down to ``tolerance`` (a solve that stops because the loss no longer changes
-    counts as converged, as scikit-learn's ``lbfgs`` counts it).
+    counts as converged, as scikit-learn's ``lbfgs`` counts it). ``inputs`` gives each head its own view of ``x``.
     """
     n_layers, n_heads = x.shape[0], labels.shape[0]
     l2 = torch.as_tensor(l2).to(x).expand(n_layers, n_heads)
@@ -99,7 +133,7 @@ def fit_lbfgs(
     for cells in _same_decade_of_l2(l2):
         layers = cells.any(-1).nonzero().squeeze(-1)
         solved, iterations, out_of_budget = _solve_lbfgs(
-            x[layers], labels, weights, l2[layers], cells[layers], Heads(weight[layers], bias[layers]), max_iter,
+            x[layers], labels, weights, l2[layers], cells[layers], Heads(weight, bias, inputs).layers(layers), max_iter,
             tolerance,
         )  # fmt: skip
         weight[layers] = torch.where(cells[layers].unsqueeze(-1), solved.weight, weight[layers])
@@ -109,7 +143,7 @@ def fit_lbfgs(
             unconverged += _unconverged_heads(gradient, cells[layers], layers, iterations, tolerance)
     if unconverged:
         warnings.warn(_convergence_message(unconverged, max_iter, tolerance), ConvergenceWarning, stacklevel=2)
-    return Heads(weight, bias)
+    return Heads(weight, bias, inputs)
 
 
 def _same_decade_of_l2(l2: Float[Tensor, "n_layers n_heads"]) -> list[Tensor]:
@@ -124,7 +158,7 @@ def _solve_lbfgs(
     """One L-BFGS run on the heads in ``cells`` (the others are left out of the objective, so they stay put): the
     heads, the iterations it took, and whether it stopped on ``max_iter`` iterations or its function-evaluation
     budget (rather than on the gradient or loss tolerance)."""
-    heads = Heads(init.weight.clone().requires_grad_(), init.bias.clone().requires_grad_())
+    heads = Heads(init.weight.clone().requires_grad_(), init.bias.clone().requires_grad_(), init.inputs)
     optimizer = torch.optim.LBFGS(
         [heads.weight, heads.bias], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
         tolerance_grad=tolerance, tolerance_change=1e-12,
@@ -141,7 +175,7 @@ def _solve_lbfgs(
     state, budget = optimizer.state[heads.weight], optimizer.param_groups[0]
     iterations, evaluations = state.get("n_iter", 0), state.get("func_evals", 0)
     out_of_budget = iterations >= budget["max_iter"] or evaluations >= budget["max_eval"]
-    return Heads(heads.weight.detach(), heads.bias.detach()), iterations, out_of_budget
+    return Heads(heads.weight.detach(), heads.bias.detach(), init.inputs), iterations, out_of_budget
 
 
 def _largest_gradients(heads: Heads, x: Tensor, labels: Tensor, weights: Tensor, l2: Tensor) -> Tensor:
@@ -184,18 +218,19 @@ def fit_adam(
     epochs: int = 10,
     batch_size: int = 32,
     seed: int = 0,
+    inputs: HeadInputs | None = None,
 ) -> Heads:
     """Minibatch Adam (the Algoverse probing project's method), keeping for each head the epoch with the lowest validation loss.
 
     ``validation`` is ``(x_val, labels_val, weights_val)`` shaped like the training arguments. Every head sees the
     same shuffled minibatches; Adam's update is per parameter, so heads stay independent. Gradients come from
     :func:`loss_gradients` rather than autograd: the steps are tiny and cost per-operation overhead, so fewer
-    operations per step is what makes one batched step cheap.
+    operations per step is what makes one batched step cheap. ``inputs`` gives each head its own view of ``x``.
     """
     n_layers, n_heads, d_model = x.shape[0], labels.shape[0], x.shape[-1]
-    heads = Heads(torch.zeros(n_layers, n_heads, d_model).to(x), torch.zeros(n_layers, n_heads).to(x))
+    heads = Heads(torch.zeros(n_layers, n_heads, d_model).to(x), torch.zeros(n_layers, n_heads).to(x), inputs)
     optimizer = _adam([heads.weight, heads.bias], lr)
-    best = Heads(heads.weight.clone(), heads.bias.clone())
+    best = Heads(heads.weight.clone(), heads.bias.clone(), inputs)
     best_loss = torch.full(heads.bias.shape, float("inf")).to(x)
     l2 = torch.as_tensor(l2).to(x).expand(n_layers, n_heads)
     generator = torch.Generator().manual_seed(seed)
@@ -227,9 +262,11 @@ def loss_gradients(
     heads: Heads, x: Tensor, labels: Tensor, weights: Tensor, l2: Tensor
 ) -> tuple[Float[Tensor, "n_layers n_heads d_model"], Float[Tensor, "n_layers n_heads"]]:
     """Gradients of :func:`head_losses` with respect to ``heads.weight`` and ``heads.bias``, without autograd."""
-    logits = torch.baddbmm(heads.bias.unsqueeze(-1), heads.weight, x.transpose(1, 2))
+    logits = heads.logits(x)
     residual = (torch.sigmoid(logits) - labels) * (weights / weights.sum(-1, keepdim=True).clamp_min(1e-12))
     data_gradient = torch.bmm(residual, x)
+    if heads.inputs is not None:  # the chain rule through x * scale + shift
+        data_gradient = data_gradient * heads.inputs.scale + heads.inputs.shift * residual.sum(-1, keepdim=True)
     penalised = data_gradient if not l2.any() else data_gradient.add_(l2.unsqueeze(-1) * heads.weight)
     return penalised, residual.sum(-1)
 

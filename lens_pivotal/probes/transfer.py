@@ -16,8 +16,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lens_pivotal.probes.examples import NegativeRecipe, group_split, probe_examples
-from lens_pivotal.probes.layer_probes import LayerProbes, ProbeSettings, train_probes
+from lens_pivotal.probes.baselines import example_baselines
+from lens_pivotal.probes.config import ProbeSettings
+from lens_pivotal.probes.evaluation import train_probes
+from lens_pivotal.probes.examples import NegativeRecipe, probe_examples
+from lens_pivotal.probes.layer_probes import LayerProbes
+from lens_pivotal.probes.selection import group_split
 from lens_pivotal.probes.workflow import last_block_rows
 from lens_pivotal.pts.schema import PivotalToken
 from lens_pivotal.viz import format_table
@@ -90,7 +94,7 @@ def transfer_matrix(
             model, rows, negatives=negatives, negatives_per_positive=negatives_per_positive, seed=settings.seed
         )
         acts = examples.cache(model, layers=layers, batch_size=batch_size, progress=False)
-        baselines = examples.baselines(model, final_resid=last_block_rows(model, acts, layers), batch_size=batch_size)
+        baselines = example_baselines(model, examples, final_resid=last_block_rows(model, acts, layers), batch_size=batch_size)
         _, heldout = group_split(examples.groups, test_fraction=settings.val_fraction, seed=settings.seed)
         groups = [f"{name}/{group}" for group in examples.groups]
         families[name] = _Family(acts, examples.label_tensor, groups, baselines, {groups[index] for index in heldout})

@@ -4,14 +4,11 @@
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING
 
 import circuitsvis.tokens
 
+from lens_pivotal.probes.scores import GeneratedScores, TokenScores
 from lens_pivotal.viz.html import HTMLView, offline_html
-
-if TYPE_CHECKING:  # the score containers come from scoring, which offers these views as their .view()
-    from lens_pivotal.probes.scoring import GeneratedScores, TokenScores
 
 
 def token_scores_view(scores: TokenScores, *, title: str | None = None) -> HTMLView:

@@ -13,10 +13,14 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from lens_pivotal._io import atomic_dir
-from lens_pivotal.probes.calibration import FalsePositiveRate, gate_precision
+from lens_pivotal.probes.baselines import example_baselines
+from lens_pivotal.probes.calibration import FalsePositiveRate
+from lens_pivotal.probes.config import ProbeSettings
 from lens_pivotal.probes.direction import DeltaRegression, delta_regression, direction_probes, format_delta_table
 from lens_pivotal.probes.examples import NegativeRecipe, ProbeExamples, probe_examples
-from lens_pivotal.probes.layer_probes import LayerProbes, ProbeSettings, train_probes
+from lens_pivotal.probes.evaluation import gate_precision, train_probes
+from lens_pivotal.probes.layer_probes import LayerProbes
+from lens_pivotal.probes.scoring import score_text
 from lens_pivotal.probes.plots import plot_layer_metrics, plot_projection
 from lens_pivotal.probes.views import token_scores_view
 from lens_pivotal.pts.schema import PivotalToken
@@ -66,7 +70,7 @@ def train_on_pts(
             model, rows, negatives=negatives, negatives_per_positive=negatives_per_positive, seed=settings.seed
         )
         acts = examples.cache(model, layers=layers, embeddings=embeddings, batch_size=batch_size, progress=False)
-        baselines = examples.baselines(model, final_resid=last_block_rows(model, acts, layers), batch_size=batch_size)
+        baselines = example_baselines(model, examples, final_resid=last_block_rows(model, acts, layers), batch_size=batch_size)
         where = {"model": model, "layers": layers, "embeddings": embeddings, "settings": settings}
         probes = train_probes(
             acts, examples.labels, groups=examples.groups, baselines=baselines, control_types=examples.current_tokens,
@@ -98,8 +102,8 @@ def _write_artefacts(model: Any, run: ProbeRun, acts: Any, out: Path) -> None:
     )
     save_figure(projection, out / "projection_best_layer.png")
     text = heldout_text(probes, examples)
-    token_scores_view(probes.score_text(model, text)).save(out / "scores_best_layer.html")
-    token_scores_view(probes.score_text(model, text, layer="all")).save(out / "scores_all_layers.html")
+    token_scores_view(score_text(probes, model, text)).save(out / "scores_best_layer.html")
+    token_scores_view(score_text(probes, model, text, layer="all")).save(out / "scores_all_layers.html")
 
 
 def last_block_rows(model: Any, acts: Any, layers: Sequence[int] | None) -> Any:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lens_pivotal.probes.metrics import group_bootstrap_weights
+from lens_pivotal.probes.selection import group_bootstrap_weights
 from lens_pivotal.pts.problems import Problem, numeric_oracle
 from lens_pivotal.pts.prompts import PromptFormat, prompt_token_ids
 from lens_pivotal.pts.rollouts import SamplingConfig

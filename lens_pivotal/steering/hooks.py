@@ -16,7 +16,7 @@ from torch import Tensor
 
 from lens_pivotal.model import Layer, resid_post_hook
 from lens_pivotal.positions import SequencePositions
-from lens_pivotal.probes.calibration import Threshold, resolve_threshold
+from lens_pivotal.probes.calibration import Threshold
 from lens_pivotal.probes.layer_probes import LayerProbes
 from lens_pivotal.steering.vectors import SteeringVectors
 
@@ -47,7 +47,7 @@ class SteeringHook:
         self.hook_name = hook_name
         self.addition = addition
         self.positions = positions if isinstance(positions, str) else sorted(set(int(p) for p in positions))
-        self.gate = None if gate is None else (gate[0], resolve_threshold(gate[0], gate[1], hook_name))
+        self.gate = None if gate is None else (gate[0], gate[0].resolve_threshold(gate[1], hook_name))
         self.masks: list[Tensor] = []
         self._sequence = SequencePositions()
 
