@@ -1,17 +1,13 @@
-"""Thresholds as false-positive rates on held-out negatives, precision at a stated prior, and a gate's precision on
-whole texts, against written-out counts and a plain Hugging Face model."""
+"""Thresholds as false-positive rates on held-out negatives and precision at a stated prior, against written-out
+counts (a gate's precision on whole texts is in test_probes_evaluation)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 import lens_pivotal as lp
-from lens_pivotal.probes import FalsePositiveRate, gate_precision
-from lens_pivotal.testing import tiny_qwen_dir
-from conftest import hf_resid_states
+from lens_pivotal.probes import FalsePositiveRate
 from test_probes_baselines import planted
 
 
@@ -55,33 +51,6 @@ def test_calibration_is_saved_and_reaches_the_gate(trained, tmp_path):
     assert hook.gate[1] == probes.threshold_at_fpr(0.1, 1)
     with pytest.raises(ValueError, match="false-positive rate lies in"):
         FalsePositiveRate(1.5)
-
-
-def test_gate_precision_counts_every_answer_state_of_heldout_solutions(tiny_qwen3_model, qwen3_tok, synthetic_rows):
-    model = tiny_qwen3_model
-    examples = lp.probe_examples(model, synthetic_rows, negatives_per_positive=2)
-    acts = examples.cache(model, progress=False)
-    probes = lp.train_probes(acts, examples.labels, groups=examples.groups, model=model,
-                             settings=lp.probes.ProbeSettings(n_bootstrap=10, n_permutations=0))  # fmt: skip
-    layer = probes.best_layer
-    reference = AutoModelForCausalLM.from_pretrained(tiny_qwen_dir("qwen3"), dtype=torch.float32).eval()
-    direction, offset = probes.residual_direction(layer)
-    scores, pivotal = [], []
-    heldout = [row for row in synthetic_rows if f"{row.dataset_id}#{row.dataset_item_id}" in probes.config.heldout_groups]
-    for solution in sorted({row.solution for row in heldout}):
-        ids = qwen3_tok(solution, add_special_tokens=False)["input_ids"]
-        answer = len(qwen3_tok(solution[: solution.index("?") + 1], add_special_tokens=False)["input_ids"])
-        state = hf_resid_states(reference, torch.tensor([ids]))[layer + 1][0]
-        scores += torch.sigmoid(state @ direction + offset)[answer - 1 : len(ids) - 1].tolist()
-        pivots = {len(qwen3_tok(row.pivot_context, add_special_tokens=False)["input_ids"]) - 1 for row in heldout if row.solution == solution}
-        pivotal += [position in pivots for position in range(answer - 1, len(ids) - 1)]
-    scores, pivotal = np.array(scores), np.array(pivotal)
-    for threshold, row in zip((0.5, 0.9), gate_precision(probes, model, examples, [0.5, 0.9])):
-        fired = scores >= threshold
-        assert row["fired"] == pytest.approx(fired.mean(), abs=1e-9) and row["pivotal_share"] == pytest.approx(pivotal.mean())
-        expected = (fired & pivotal).sum() / fired.sum() if fired.any() else float("nan")
-        assert row["precision"] == pytest.approx(expected, nan_ok=True)
-        assert row["recall"] == pytest.approx((fired & pivotal).sum() / pivotal.sum())
 
 
 def test_a_refit_replaces_the_saved_heldout_scores_and_fit_alone_has_none(trained):

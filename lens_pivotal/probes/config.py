@@ -23,7 +23,8 @@ class ProbeSettings:
 
     ``l2=None`` picks each layer's L2 from ``l2_grid`` by grouped ``cv_folds``-fold cross-validation on the training
     groups (lowest held-out log loss; ``cv_loss`` in the config, ``None`` where the path stopped early); with
-    ``solver="adam"`` it means no penalty. ``val_fraction`` of the groups
+    ``solver="adam"`` it means no penalty. ``standardize`` fits the standardisation on the rows each fit sees:
+    inside every cross-validation fold, its training rows (:mod:`lens_pivotal.probes.selection`). ``val_fraction`` of the groups
     is held out for the reported metrics; with Adam the same fraction of the training groups chooses the best epoch.
     Training runs in ``dtype``, by default float64 for L-BFGS (float32's rounding of the summed objective stops its
     line search short of scikit-learn's optimum) and float32 for Adam.
@@ -87,6 +88,7 @@ class ProbeConfig:
     (metrics, chosen L2, control, best layer), kept apart in ``config.json`` as ``{"format", "config", "results"}``.
 
     ``model_source`` is how to load the base model again (a hub id, a directory, or ``"embedded"``), when known.
+    ``cv_auroc`` is each layer's nested cross-validated AUROC on the training problems (it picks ``best_layer``).
     """
 
     model_name: str

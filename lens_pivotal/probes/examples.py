@@ -34,7 +34,7 @@ import os
 import random
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Sequence, get_args
+from typing import Any, Iterable, Literal, get_args
 
 import numpy as np
 import torch
