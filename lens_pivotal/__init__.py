@@ -8,7 +8,7 @@ number (TransformerLens' ``blocks.{layer}``, its ``hook_resid_post``) or a hook 
     acts = lp.cache_resid_post(model, texts, positions)  # [n_layers, n_rows, d_model]
     examples = lp.probe_examples(model, lp.load_pts("pts.jsonl"))
     probes = lp.train_probes(examples.cache(model), examples.labels, groups=examples.groups, model=model)
-    lp.attribute_tokens(model, text, target=probes, layer=probes.best_layer).view()  # which tokens drive the probe
+    lp.attributions.token_attribution_view(lp.attribute_tokens(model, text, target=probes, layer=probes.best_layer))
     hook = lp.steering_hook(lp.steering_vectors(acts, examples, model=model), 4.0, layer=12, gate=(probes, 0.5))
 """
 

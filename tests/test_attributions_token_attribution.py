@@ -155,7 +155,7 @@ def test_convergence_delta_is_truthful_and_warns_when_large(family_models):
             attribution = lp.attribute_tokens(model, text, target="7", baseline="zero", steps=steps, batch_size=16)
         assert attribution.target_value - attribution.baseline_value == pytest.approx(change, abs=2e-3)
         assert attribution.convergence_delta == pytest.approx(float(attribution.scores.sum()) - change, abs=2e-3)
-        assert bool(caught) == (attribution.relative_delta > lp.attributions.token_attribution.LARGE_DELTA)
+        assert bool(caught) == (attribution.relative_delta > lp.attributions.results.LARGE_DELTA)
         assert steps != 4 or caught  # four points are far from enough here
 
 

@@ -9,8 +9,8 @@ import re
 import pytest
 
 import lens_pivotal as lp
-from lens_pivotal.attributions import attributions_view, compare_methods
-from lens_pivotal.attributions.token_attribution import LARGE_DELTA
+from lens_pivotal.attributions import attributions_view, compare_methods, head_attribution_view, token_attribution_view
+from lens_pivotal.attributions.results import LARGE_DELTA
 
 from conftest import hf_token_ids
 from test_attributions_token_attribution import hand_gap, hf_embeddings, hf_log_prob, hf_pad_baseline
@@ -28,7 +28,7 @@ def saved(view, tmp_path, name):
 
 def test_one_attribution_view(tiny_qwen3_model, tmp_path):
     attribution = lp.attribute_tokens(tiny_qwen3_model, TEXT, target=11, position=4, steps=4)
-    page = saved(attribution.view(), tmp_path, "one.html")
+    page = saved(token_attribution_view(attribution), tmp_path, "one.html")
     marked = [f"⟦{token}⟧" if index == 4 else token for index, token in enumerate(attribution.tokens)]
     assert json.dumps(marked) in page  # circuitsvis' props: the tokens, the target position marked
     assert "convergence delta" in page and attribution.target_label.replace("'", "&#x27;") in page
@@ -48,7 +48,7 @@ def test_side_by_side_view_needs_one_text(tiny_qwen3_model, tmp_path):
 
 def test_head_view_shows_patterns_and_parts(tiny_qwen3_model, tmp_path):
     heads = lp.head_attributions(tiny_qwen3_model, TEXT, target=11, position=4)
-    page = saved(heads.view(k=3), tmp_path, "heads.html")
+    page = saved(head_attribution_view(heads, k=3), tmp_path, "heads.html")
     assert "AttentionHeads" in page and "ColoredTokensMulti" in page
     block, head, _ = heads.top_heads(1)[0]
     assert f"L{block}H{head}" in page and "sum of parts" in page
@@ -67,7 +67,7 @@ def test_views_show_the_completeness_gap_of_integrated_gradients(family_models, 
     embeddings, baseline = hf_embeddings(reference, ids), hf_pad_baseline(reference, ids, [0])
     expected = hand_gap(hf_log_prob(reference, ids, -1, 11), embeddings, baseline, steps)
     attributions = compare_methods(model, TEXT, target=11, position=4, steps=steps)
-    one = saved(attributions[0].view(), tmp_path, "one.html")
+    one = saved(token_attribution_view(attributions[0]), tmp_path, "one.html")
     multi = saved(attributions_view(attributions), tmp_path, "multi.html")
     for page in (one, multi):  # one: the heading and the table; multi: the method menu and the table
         assert shown_gaps(page) == pytest.approx([expected] * 2, rel=2e-3, abs=6e-4)

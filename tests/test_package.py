@@ -49,16 +49,10 @@ def test_no_public_text_names_a_recipe_after_a_seed_project():
 
 
 def module_imports(path: Path) -> set[str]:
-    """Modules of lens_pivotal that ``path`` imports when it runs (``if TYPE_CHECKING:`` blocks left out)."""
-    tree = ast.parse(path.read_text())
-    guarded = {
-        id(node) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-        for statement in block.body for node in ast.walk(statement)
-    }  # fmt: skip
+    """Modules of lens_pivotal that ``path`` imports anywhere: at the top, inside functions, and under
+    ``if TYPE_CHECKING:`` (a type-only import is a dependency too, and hides a cycle from the interpreter only)."""
     found = set()
-    for node in ast.walk(tree):
-        if id(node) in guarded:
-            continue
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lens_pivotal"):
             found |= {f"{node.module}.{alias.name}" for alias in node.names} | {node.module}
         elif isinstance(node, ast.Import):

@@ -71,7 +71,7 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
 def _one_text(model, args: argparse.Namespace, target, options: dict) -> int:
     from lens_pivotal.attributions.heads import head_attributions
     from lens_pivotal.attributions.token_attribution import attribute_tokens
-    from lens_pivotal.attributions.views import completeness_text
+    from lens_pivotal.attributions.views import completeness_text, head_attribution_view, token_attribution_view
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -85,21 +85,21 @@ def _one_text(model, args: argparse.Namespace, target, options: dict) -> int:
         print(f"warning: {warning.message}")
     rows = [[str(position), repr(token), f"{score:+.4f}"] for position, token, score in attribution.top(10)]
     print(format_table(["position", "token", "score"], rows, align="rlr"))
-    attribution.view().save(args.out)
+    token_attribution_view(attribution).save(args.out)
     _write_json(Path(args.out).with_suffix(".json"), attribution.to_dict())
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")
     if args.heads:
         heads = head_attributions(model, args.text, target=target, position=args.position, layer=args.layer)
         heads_out = Path(args.out).with_name(Path(args.out).stem + "_heads.html")
-        heads.view().save(heads_out)
+        head_attribution_view(heads).save(heads_out)
         top = ", ".join(f"L{block}H{head} {value:+.3f}" for block, head, value in heads.top_heads(5))
         print(f"{heads.target_label} = {heads.target_value:+.4f}; top heads: {top}\nwrote {heads_out}")
     return 0
 
 
 def _pivot_page(model, args: argparse.Namespace, probes, options: dict) -> int:
-    from lens_pivotal.attributions.pivots import explain_pivots, pivots_view
-    from lens_pivotal.attributions.views import with_gap
+    from lens_pivotal.attributions.pivots import explain_pivots
+    from lens_pivotal.attributions.views import pivots_view, with_gap
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the page shows each attribution's completeness

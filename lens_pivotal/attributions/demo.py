@@ -7,9 +7,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lens_pivotal.attributions.pivots import explain_pivots, pivots_view
+from lens_pivotal.attributions.pivots import explain_pivots
 from lens_pivotal.attributions.token_attribution import DEFAULT_STEPS
-from lens_pivotal.attributions.views import completeness_text
+from lens_pivotal.attributions.views import completeness_text, pivots_view
 from lens_pivotal.probes.layer_probes import LayerProbes
 from lens_pivotal.pts.problems import group_name
 from lens_pivotal.pts.schema import PivotalToken, load_shipped_pts

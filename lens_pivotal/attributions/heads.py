@@ -17,70 +17,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from lens_pivotal.attributions.results import HeadAttribution
 from lens_pivotal.attributions.targets import Target, TargetSpec, resolve_target
 from lens_pivotal.indices import resolve_index
 from lens_pivotal.model import Layer
 from lens_pivotal.tokens import TextOrIds, Tokenization, token_ids
-from lens_pivotal.viz.html import HTMLView
 
 CONSISTENCY_TOLERANCE = 1e-3  # relative: per-source parts must add up to TransformerLens' own head results
-
-
-@dataclass
-class HeadAttribution:
-    """Direct contributions to ``target_value`` (a linear target, normalisation frozen) at ``position``.
-
-    ``heads[l, h, s]`` is head ``h`` of block ``l`` writing from source token ``s``; ``attention_bias[l]`` and
-    ``mlp[l]`` are block ``l``'s attention output bias and MLP; ``embedding`` the token (and position) embedding;
-    ``constant`` the target's own offset (the unembedding bias, the probe's bias). They sum to ``target_value``
-    (checked: :func:`head_attributions` raises otherwise). A target read at ``blocks.{l}.hook_resid_mid`` holds block
-    ``l``'s attention but not its MLP, so ``mlp`` then has one block fewer than ``heads``.
-    ``patterns[l, h, s]`` is the attention of ``position`` to ``s``; ``top_patterns`` the whole patterns of the
-    heads in ``top_pattern_heads``.
-    """
-
-    tokens: list[str]
-    token_ids: list[int]
-    position: int
-    target_label: str
-    target_value: float
-    heads: Float[Tensor, "n_blocks n_heads n_source"]
-    attention_bias: Float[Tensor, " n_blocks"]
-    mlp: Float[Tensor, " n_blocks"]
-    embedding: float
-    constant: float
-    patterns: Float[Tensor, "n_blocks n_heads n_source"]
-    top_patterns: Float[Tensor, "n_top n_source n_source"]
-    top_pattern_heads: list[tuple[int, int]]
-
-    @property
-    def head_totals(self) -> Float[Tensor, "n_blocks n_heads"]:
-        """Each head's whole direct contribution."""
-        return self.heads.sum(dim=-1)
-
-    @property
-    def source_totals(self) -> Float[Tensor, " n_source"]:
-        """What all heads together carry from each source token."""
-        return self.heads.sum(dim=(0, 1))
-
-    @property
-    def total(self) -> float:
-        """The sum of every part: ``target_value`` up to float rounding."""
-        parts = (self.heads.sum(), self.attention_bias.sum(), self.mlp.sum())
-        return float(sum(float(part) for part in parts) + self.embedding + self.constant)
-
-    def top_heads(self, k: int = 5) -> list[tuple[int, int, float]]:
-        """The ``k`` heads with the largest ``|contribution|``: ``(block, head, contribution)``, largest first."""
-        totals = self.head_totals
-        order = totals.flatten().abs().argsort(descending=True)[: min(k, totals.numel())]
-        n_heads = totals.shape[1]
-        return [(int(index) // n_heads, int(index) % n_heads, float(totals.flatten()[index])) for index in order]
-
-    def view(self, k: int = 6) -> HTMLView:
-        """The top ``k`` heads' attention patterns (circuitsvis) beside their per-source-token contributions."""
-        from lens_pivotal.attributions.views import head_attribution_view
-
-        return head_attribution_view(self, k)
 
 
 def head_attributions(

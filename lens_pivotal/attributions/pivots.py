@@ -4,26 +4,15 @@ attribution at the position that predicts the pivot, side by side."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any, Iterable
 
 from tqdm.auto import tqdm
 
-from lens_pivotal.attributions.token_attribution import Method, TokenAttribution, attribute_tokens
+from lens_pivotal.attributions.results import PivotExplanation
+from lens_pivotal.attributions.token_attribution import Method, attribute_tokens
 from lens_pivotal.probes.examples import probe_examples
 from lens_pivotal.probes.layer_probes import LayerProbes
 from lens_pivotal.pts.schema import PivotalToken, load_pts
-from lens_pivotal.viz.html import HTMLView
-
-
-@dataclass
-class PivotExplanation:
-    """One PTS row explained: ``probe`` attributes the probe's logit, ``pivot`` the pivot token's log-probability,
-    both read at the last token of the row's context (the one whose next token is the pivot)."""
-
-    row: PivotalToken
-    probe: TokenAttribution
-    pivot: TokenAttribution
 
 
 def explain_pivots(
@@ -72,11 +61,3 @@ def pivot_contexts(
         raise ValueError(f"none of the {len(rows)} rows maps onto {model.cfg.model_name}'s tokenization: {examples.mismatches[:3]}")
     ids = [examples.token_ids[examples.text_index[index]][: examples.positions[index] + 1] for index in chosen]
     return [(rows[examples.source_rows[index]], row_ids) for index, row_ids in zip(chosen, ids)]
-
-
-def pivots_view(explanations: list[PivotExplanation], *, title: str = "Why is this token pivotal?") -> HTMLView:
-    """One section per row: the probe's and the pivot token's attributions as a circuitsvis ``colored_tokens_multi``
-    (switch between them), with ``prob_delta`` and each attribution's completeness."""
-    from lens_pivotal.attributions.views import pivots_page
-
-    return pivots_page(explanations, title)

@@ -8,8 +8,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from lens_pivotal.attributions.heads import HeadAttribution
-from lens_pivotal.attributions.token_attribution import TokenAttribution
+from lens_pivotal.attributions.results import HeadAttribution, TokenAttribution
 
 
 def plot_token_attributions(attributions: Sequence[TokenAttribution], labels: Sequence[str] | None = None) -> Figure:

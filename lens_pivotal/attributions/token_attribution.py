@@ -13,7 +13,7 @@ table is in :func:`attribute_tokens`' docstring.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Sequence, Union, get_args
 
 import torch
@@ -21,66 +21,17 @@ from captum.attr import FeatureAblation, InputXGradient, IntegratedGradients
 from jaxtyping import Float
 from torch import Tensor
 
+from lens_pivotal.attributions.results import LARGE_DELTA, TokenAttribution
 from lens_pivotal.attributions.targets import Target, TargetSpec, resolve_target
-from lens_pivotal.attributions.views import LARGE_DELTA
 from lens_pivotal.indices import resolve_index
 from lens_pivotal.model import EMBEDDING_HOOK, Layer, StopForward
 from lens_pivotal.tokens import TextOrIds, Tokenization, own_tokenizer, token_ids
-from lens_pivotal.viz.html import HTMLView
 
 Method = Literal["integrated_gradients", "input_x_gradient", "occlusion"]
 Baseline = Union[Literal["pad", "zero"], int]
 DEFAULT_STEPS = 128  # the fewest of 16/32/64/128 with every measured gap under 5% (attribute_tokens)
 QUADRATURE = "gausslegendre"  # captum's IntegratedGradients method
 HEADER_TOKENS = 4  # a chat template's role header after a special token ("assistant\n") is at most this many tokens
-
-
-@dataclass
-class TokenAttribution:
-    """How much each token of a text drives ``target_label`` at ``position`` (``scores[t]``; 0 after ``position``).
-
-    ``target_value`` is the target on the real input. With integrated gradients, ``baseline_value`` is the target at
-    the baseline input and ``convergence_delta = scores.sum() - (target_value - baseline_value)``: how far the
-    attribution is from complete (0 for an exact one). ``kept_positions`` are the tokens the baseline leaves as they
-    are (the ``"pad"`` baseline's first, special and chat-template tokens): their scores are 0 by construction.
-    """
-
-    tokens: list[str]
-    token_ids: list[int]
-    position: int
-    method: str
-    target_label: str
-    scores: Float[Tensor, " n_tokens"]
-    target_value: float
-    baseline: str
-    baseline_value: float | None = None
-    convergence_delta: float | None = None
-    steps: int | None = None
-    kept_positions: list[int] = field(default_factory=list)
-
-    @property
-    def relative_delta(self) -> float | None:
-        """``|convergence_delta| / |target_value - baseline_value|``: the fraction of the change left unexplained."""
-        if self.convergence_delta is None or self.baseline_value is None:
-            return None
-        return abs(self.convergence_delta) / max(abs(self.target_value - self.baseline_value), 1e-12)
-
-    def top(self, k: int = 5) -> list[tuple[int, str, float]]:
-        """The ``k`` tokens with the largest ``|score|``: ``(position, token, score)``, largest first."""
-        order = self.scores.abs().argsort(descending=True)[: min(k, len(self.tokens))]
-        return [(int(index), self.tokens[int(index)], float(self.scores[index])) for index in order]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready fields (scores as a list)."""
-        fields = dict(vars(self))
-        fields["scores"] = self.scores.tolist()
-        return fields
-
-    def view(self) -> HTMLView:
-        """Tokens coloured on a diverging scale around 0, the target position marked (circuitsvis, offline)."""
-        from lens_pivotal.attributions.views import token_attribution_view
-
-        return token_attribution_view(self)
 
 
 def attribute_tokens(

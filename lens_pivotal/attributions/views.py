@@ -1,4 +1,5 @@
-"""circuitsvis views of token and head attributions, self-contained and offline (see :mod:`lens_pivotal.viz.html`).
+"""circuitsvis views of token and head attributions, self-contained and offline (see :mod:`lens_pivotal.viz.html`):
+functions over the result classes of :mod:`~lens_pivotal.attributions.results`.
 
 Attribution scores are signed: tokens are coloured on a diverging scale symmetric around 0 (blue pushes the target
 up, red down); the token the target is read at is marked ``⟦…⟧``. Every integrated-gradients attribution shows its
@@ -8,20 +9,15 @@ completeness gap (``relative_delta``) beside it, in a warning style above ``LARG
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import circuitsvis.attention
 import circuitsvis.tokens
 import torch
 
+from lens_pivotal.attributions.results import LARGE_DELTA, HeadAttribution, PivotExplanation, TokenAttribution
 from lens_pivotal.viz.html import HTMLView, offline_html
 
-if TYPE_CHECKING:  # the result classes offer these views as their .view()
-    from lens_pivotal.attributions.heads import HeadAttribution
-    from lens_pivotal.attributions.pivots import PivotExplanation
-    from lens_pivotal.attributions.token_attribution import TokenAttribution
-
-LARGE_DELTA = 0.05  # |convergence_delta| above this fraction of |target_value - baseline_value| gets a warning
 POSITIVE, NEGATIVE = "#1f62d0", "#d0311f"
 TABLE_STYLE = "border-collapse:collapse;font-family:monospace;font-size:12px"
 BADGE_STYLE = "padding:1px 5px;border-radius:3px;font-family:monospace;font-size:12px"
@@ -120,8 +116,9 @@ def head_attribution_view(attribution: HeadAttribution, k: int = 6, *, title: st
     return HTMLView("\n".join(parts), heading)
 
 
-def pivots_page(explanations: Sequence[PivotExplanation], title: str) -> HTMLView:
-    """One section per PTS row: probe and pivot-token attributions side by side."""
+def pivots_view(explanations: Sequence[PivotExplanation], *, title: str = "Why is this token pivotal?") -> HTMLView:
+    """One section per PTS row: the probe's and the pivot token's attributions as a circuitsvis
+    ``colored_tokens_multi`` (switch between them), with ``prob_delta`` and each attribution's completeness."""
     sections = [f"<h2>{html.escape(title)}</h2>"]
     for explanation in explanations:
         row = explanation.row

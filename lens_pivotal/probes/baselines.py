@@ -62,12 +62,19 @@ def example_baselines(
     }  # fmt: skip
 
 
+def per_token_totals(token_ids: Tensor, values: Tensor, train: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per distinct token id, the sum of ``values`` and the count over the ``train`` rows (float64), and each row's
+    index into them: the training statistics of a token-identity baseline."""
+    ids, inverse = torch.unique(token_ids, return_inverse=True)
+    sums = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse[train], values[train].double())
+    counts = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse[train], torch.ones(len(train), dtype=torch.float64))
+    return sums, counts, inverse
+
+
 def token_log_odds(token_ids: Tensor, labels: Tensor, train: Tensor) -> Float[Tensor, " n"]:
     """Each row's token scored by the add-one-smoothed log-odds of label 1 for that id over the ``train`` rows."""
-    ids, inverse = torch.unique(token_ids, return_inverse=True)
-    positives = torch.zeros(len(ids)).index_add_(0, inverse[train], labels[train].float())
-    totals = torch.zeros(len(ids)).index_add_(0, inverse[train], torch.ones(len(train)))
-    return (torch.log(positives + 1) - torch.log(totals - positives + 1))[inverse]
+    positives, totals, inverse = per_token_totals(token_ids, labels, train)
+    return (torch.log(positives + 1) - torch.log(totals - positives + 1))[inverse].float()
 
 
 def check_baselines(baselines: dict[str, Tensor], n_rows: int) -> None:

@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from lens_pivotal.probes.baselines import per_token_totals
 from lens_pivotal.probes.config import ProbeSettings
 from lens_pivotal.probes.evaluation import train_probes
 from lens_pivotal.probes.examples import ProbeExamples
@@ -171,9 +172,7 @@ def _baseline_predict(values: Tensor, y: Tensor, train: Tensor, heldout: Tensor)
 
 def _token_means(token_ids: Tensor, y: Tensor, train: Tensor) -> Float[Tensor, " n"]:
     """Each row's token scored by its mean ``y`` over the training rows, shrunk toward the training mean."""
-    ids, inverse = torch.unique(token_ids, return_inverse=True)
-    sums = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse[train], y[train])
-    counts = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse[train], torch.ones(len(train), dtype=torch.float64))
+    sums, counts, inverse = per_token_totals(token_ids, y, train)
     return ((sums + TOKEN_PRIOR_ROWS * y[train].mean()) / (counts + TOKEN_PRIOR_ROWS))[inverse]
 
 
