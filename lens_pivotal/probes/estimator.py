@@ -8,11 +8,13 @@ given, and model selection stays outside it, as in scikit-learn. ``LayerProbes``
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils import Tags
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from lens_pivotal.probes.training import MIN_SCALE, balanced_weights, fit_lbfgs
@@ -26,7 +28,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         l2: the penalty on the mean training loss, ``l2 / 2 * |w|^2`` (scikit-learn's ``C`` is ``1 / (l2 * n_rows)``).
         standardize: fit on standardised features (the training rows' mean and population standard deviation, as
             scikit-learn's ``StandardScaler``); ``coef_`` is in the input's own units either way.
-        class_weight: ``"balanced"`` weighs each class by ``n / (2 n_class)``; ``None`` weighs every row alike.
+        class_weight: ``"balanced"`` weighs each class by ``n / (2 n_class)``; a dict ``{class: weight}`` as
+            scikit-learn's; ``None`` weighs every row alike.
         max_iter: L-BFGS iterations (a ``ConvergenceWarning`` says when they run out).
         dtype: the solve's precision.
     """
@@ -36,7 +39,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         l2: float = 1e-2,
         *,
         standardize: bool = True,
-        class_weight: Literal["balanced"] | None = "balanced",
+        class_weight: Literal["balanced"] | dict[Any, float] | None = "balanced",
         max_iter: int = 500,
         dtype: Literal["float32", "float64"] = "float64",
     ) -> None:
@@ -49,22 +52,39 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     def fit(self, X: np.ndarray, y: np.ndarray) -> LinearProbe:
         """Fit on every row of ``X`` (``[n_rows, d_model]``) with binary labels ``y``."""
         X, y = validate_data(self, X, y)
+        check_classification_targets(y)
         self.classes_ = np.unique(y)
         if len(self.classes_) != 2:
-            raise ValueError(f"y must hold exactly two classes, got {self.classes_.tolist()}")
-        if self.class_weight not in ("balanced", None):
-            raise ValueError(f"class_weight must be 'balanced' or None, got {self.class_weight!r}")
-        x = torch.as_tensor(X, dtype=getattr(torch, self.dtype))
+            raise ValueError(f"Only binary classification is supported. y must hold two classes, got {len(self.classes_)} class"
+                             f"{'es' if len(self.classes_) > 1 else ''}: {self.classes_.tolist()}")  # fmt: skip
+        x = torch.tensor(X, dtype=getattr(torch, self.dtype))  # a copy: X may be a read-only memmap
         mean, scale = self._standardisation(x)
         labels = torch.as_tensor(y == self.classes_[1]).to(x).unsqueeze(0)
-        every_row = torch.ones_like(labels)
-        weights = balanced_weights(labels, every_row) if self.class_weight == "balanced" else every_row
+        weights = self._row_weights(labels)
         heads = fit_lbfgs(((x - mean) / scale).unsqueeze(0), labels, weights, torch.tensor(float(self.l2)),
                           max_iter=self.max_iter)
         weight = heads.weight[0, 0] / scale
         bias = heads.bias[0, 0] - weight @ mean
         self.coef_, self.intercept_ = weight.double().numpy()[None], np.array([float(bias)])
+        self.n_iter_ = np.array([heads.n_iter])
         return self
+
+    def _row_weights(self, labels: torch.Tensor) -> torch.Tensor:
+        """Each row's weight in the loss, from ``class_weight``."""
+        every_row = torch.ones_like(labels)
+        if self.class_weight == "balanced":
+            return balanced_weights(labels, every_row)
+        if self.class_weight is None:
+            return every_row
+        if not isinstance(self.class_weight, dict):
+            raise ValueError(f"class_weight must be 'balanced', a dict or None, got {self.class_weight!r}")
+        negative, positive = (float(self.class_weight.get(name, 1.0)) for name in self.classes_)
+        return torch.where(labels > 0.5, positive, negative).to(labels)
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
 
     def _standardisation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-feature mean and scale, as :class:`~lens_pivotal.LayerProbes` computes them (or 0 and 1)."""
@@ -85,4 +105,5 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The more probable class of each row."""
-        return self.classes_[(self.decision_function(X) > 0).astype(int)]
+        positive = self.decision_function(X) > 0
+        return self.classes_[positive.astype(int)]

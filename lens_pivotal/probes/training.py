@@ -50,11 +50,12 @@ def fold_inputs(x: Float[Tensor, "n_layers n d_model"], fit_mask: Float[Tensor, 
 @dataclass
 class Heads:
     """Fitted heads: ``weight [n_layers, n_heads, d_model]``, ``bias [n_layers, n_heads]``, read through ``inputs``
-    when given (see :class:`HeadInputs`)."""
+    when given (see :class:`HeadInputs`); ``n_iter``: the most iterations a solve that fitted them took."""
 
     weight: Tensor
     bias: Tensor
     inputs: HeadInputs | None = None
+    n_iter: int = 0
 
     def logits(self, x: Float[Tensor, "n_layers n d_model"]) -> Float[Tensor, "n_layers n_heads n"]:
         """Logits of every head on every example of its layer."""
@@ -130,12 +131,14 @@ def fit_lbfgs(
     start = zero_heads(n_layers, n_heads, x.shape[-1], x) if init is None else init
     weight, bias = start.weight.detach().to(x, copy=True), start.bias.detach().to(x, copy=True)
     unconverged: list[_Unconverged] = []
+    n_iter = 0
     for cells in _same_decade_of_l2(l2):
         layers = cells.any(-1).nonzero().squeeze(-1)
         solved, iterations, out_of_budget = _solve_lbfgs(
             x[layers], labels, weights, l2[layers], cells[layers], Heads(weight, bias, inputs).layers(layers), max_iter,
             tolerance,
         )  # fmt: skip
+        n_iter = max(n_iter, iterations)
         weight[layers] = torch.where(cells[layers].unsqueeze(-1), solved.weight, weight[layers])
         bias[layers] = torch.where(cells[layers], solved.bias, bias[layers])
         if out_of_budget:
@@ -143,7 +146,7 @@ def fit_lbfgs(
             unconverged += _unconverged_heads(gradient, cells[layers], layers, iterations, tolerance)
     if unconverged:
         warnings.warn(_convergence_message(unconverged, max_iter, tolerance), ConvergenceWarning, stacklevel=2)
-    return Heads(weight, bias, inputs)
+    return Heads(weight, bias, inputs, n_iter)
 
 
 def _same_decade_of_l2(l2: Float[Tensor, "n_layers n_heads"]) -> list[Tensor]:
