@@ -14,9 +14,10 @@ layer's held-out AUROC. They run in alternation in one process; ratios are media
 * ``ours_default``: ``train_probes(acts, labels, groups=groups)``: standardised inputs, balanced class weights,
   L-BFGS in float64, L2 per layer chosen from a grid by grouped 5-fold cross-validation (plus the control head).
 * ``sklearn``: ``LogisticRegression(C=1)`` per layer on the raw training rows (the Algoverse probing project's sklearn baseline).
-* ``sklearn_cv``: ours_default's model written with scikit-learn, layer by layer: the same standardisation, class
-  weights, L2 grid (``C = 1 / (l2 * n_train)``), the same CV folds and fold loss, then a refit with the chosen L2.
-  It is the reference for ours_default's AUROC: the same optimum, found by another solver.
+* ``sklearn_cv``: ours_default's model written with scikit-learn, layer by layer: ``StandardScaler`` then
+  ``LogisticRegression`` pipelines (the scaler fitted inside each fold), the same class weights, L2 grid
+  (``C = 1 / (l2 * n_train)``), CV folds and fold loss, a refit with the chosen L2, and the nested cross-validated
+  AUROC ours_default also computes. It is the reference for ours_default's AUROC: the same optimum, another solver.
 
 Both ``ours`` contenders run with ``n_bootstrap=0`` unless ``--n-bootstrap`` says otherwise: the bootstrap
 intervals are extra output none of the others computes.
@@ -44,6 +45,8 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -167,34 +170,54 @@ def sklearn_c1(data: ProbeData, split: Split) -> np.ndarray:
     return np.array(aurocs)
 
 
-def balanced_fit(x: np.ndarray, y: np.ndarray, l2: float) -> LogisticRegression:
-    """ours_default's objective ``mean_w BCE + l2/2 |w|^2`` with balanced weights, as sklearn's ``C``."""
-    return LogisticRegression(C=1.0 / (l2 * len(y)), class_weight="balanced", max_iter=SKLEARN_MAX_ITER).fit(x, y)
+def balanced_fit(x: np.ndarray, y: np.ndarray, l2: float) -> Pipeline:
+    """ours_default's model of one fit: a scaler fitted on these rows, then ``mean_w BCE + l2/2 |w|^2`` with
+    balanced weights, as sklearn's ``C``."""
+    regression = LogisticRegression(C=1.0 / (l2 * len(y)), class_weight="balanced", max_iter=SKLEARN_MAX_ITER)
+    return make_pipeline(StandardScaler(), regression).fit(x, y)
 
 
-def balanced_log_loss(model: LogisticRegression, x: np.ndarray, y: np.ndarray) -> float:
+def balanced_log_loss(model: Pipeline, x: np.ndarray, y: np.ndarray) -> float:
     """Mean cross-entropy with balanced class weights over ``x``'s own rows (ours_default's CV fold loss)."""
     weights = np.where(y == 1, len(y) / (2 * max(y.sum(), 1)), len(y) / (2 * max(len(y) - y.sum(), 1)))
     return log_loss(y, model.predict_proba(x)[:, 1], sample_weight=weights, labels=[0, 1])
 
 
-def cv_loss(x: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float) -> float:
-    """Mean over folds of :func:`balanced_log_loss` on the fold, fitted on the other folds."""
-    outside = [balanced_fit(x[folds != k], y[folds != k], l2) for k in np.unique(folds)]
-    return float(np.mean([balanced_log_loss(model, x[folds == k], y[folds == k]) for k, model in zip(np.unique(folds), outside)]))
+def chosen_l2(x: np.ndarray, y: np.ndarray, groups: list[str]) -> float:
+    """The grid value with the lowest mean fold loss over grouped folds of these rows (each fold standardised with
+    its own training rows)."""
+    folds = group_folds(groups, SETTINGS.cv_folds, SETTINGS.seed, y).numpy()
+
+    def loss(l2: float) -> float:
+        fits = [(balanced_fit(x[folds != k], y[folds != k], l2), folds == k) for k in np.unique(folds)]
+        return float(np.mean([balanced_log_loss(model, x[rows], y[rows]) for model, rows in fits]))
+
+    losses = {l2: loss(l2) for l2 in SETTINGS.l2_grid}
+    return min(losses, key=losses.get)
+
+
+def nested_cv_auroc(x: np.ndarray, y: np.ndarray, groups: list[str]) -> float:
+    """The AUROC of out-of-fold decisions, each outer fold's L2 chosen inside its training rows (as train_probes'
+    ``cv_auroc``)."""
+    outer = group_folds(groups, SETTINGS.cv_folds, SETTINGS.seed, y).numpy()
+    decisions = np.zeros(len(y))
+    for k in np.unique(outer):
+        inside = outer != k
+        l2 = chosen_l2(x[inside], y[inside], [group for group, keep in zip(groups, inside) if keep])
+        decisions[~inside] = balanced_fit(x[inside], y[inside], l2).decision_function(x[~inside])
+    return float(roc_auc_score(y, decisions))
 
 
 def sklearn_cv(data: ProbeData, split: Split) -> np.ndarray:
-    """Held-out AUROC per layer of ours_default's recipe with sklearn: standardise, grouped CV over the L2 grid, refit."""
+    """Held-out AUROC per layer of ours_default's recipe with sklearn: L2 by grouped CV (a scaler inside each fold),
+    refit, and the nested cross-validated AUROC that train_probes also computes (to pick its layer)."""
     y_train, y_heldout = data.labels[split.train], data.labels[split.heldout]
-    folds = group_folds([data.groups[i] for i in split.train], SETTINGS.cv_folds, SETTINGS.seed, y_train).numpy()
+    train_groups = [data.groups[i] for i in split.train]
     aurocs = []
     for x in data.acts.double().numpy():
-        mean, scale = x[split.train].mean(0), np.maximum(x[split.train].std(0, ddof=1), 1e-6)
-        train, heldout = (x[split.train] - mean) / scale, (x[split.heldout] - mean) / scale
-        losses = {l2: cv_loss(train, y_train, folds, l2) for l2 in SETTINGS.l2_grid}
-        model = balanced_fit(train, y_train, min(losses, key=losses.get))
-        aurocs.append(roc_auc_score(y_heldout, model.predict_proba(heldout)[:, 1]))
+        model = balanced_fit(x[split.train], y_train, chosen_l2(x[split.train], y_train, train_groups))
+        aurocs.append(roc_auc_score(y_heldout, model.predict_proba(x[split.heldout])[:, 1]))
+        nested_cv_auroc(x[split.train], y_train, train_groups)
     return np.array(aurocs)
 
 

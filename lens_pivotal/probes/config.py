@@ -32,7 +32,7 @@ class ProbeSettings:
 
     solver: Literal["lbfgs", "adam"] = "lbfgs"
     l2: float | None = None
-    l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
     cv_folds: int = 5
     standardize: bool = True
     class_weight: Literal["balanced"] | None = "balanced"
