@@ -160,3 +160,18 @@ def test_nested_cross_validation_needs_two_groups_left_in_every_fold():
     two = ["a" if group < "q2" else "b" for group in groups]
     assert out_of_fold_logits(acts, labels, two, ProbeSettings(l2_grid=GRID)) is None
     assert out_of_fold_logits(acts, labels, two, ProbeSettings(l2=0.1), l2=torch.full((2,), 0.1)) is not None
+
+
+def test_each_layer_leaves_the_l2_path_once_its_loss_has_risen_twice_past_its_minimum():
+    acts, labels, groups = uneven(seed=4)
+    grid = ProbeSettings().l2_grid
+    chosen, table = choose_l2(acts, labels, groups, ProbeSettings())
+    for layer in range(2):
+        finite = torch.isfinite(table[layer])
+        n_evaluated = int(finite.sum())
+        assert finite.tolist() == [False] * (len(grid) - n_evaluated) + [True] * n_evaluated  # from the strongest
+        best = int(torch.where(finite, table[layer], torch.inf).argmin())
+        assert float(chosen[layer]) == grid[best]
+        weakest = len(grid) - n_evaluated
+        assert n_evaluated == len(grid) or best - weakest == 2, "stopped two steps past the minimum, not before"
+    assert not torch.isfinite(table).all(), "some layer left the path before its end"

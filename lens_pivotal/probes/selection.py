@@ -24,7 +24,7 @@ from torch import Tensor
 from lens_pivotal.probes.config import ProbeSettings
 from lens_pivotal.probes.training import Heads, balanced_weights, fit_adam, fit_lbfgs, fold_inputs, head_losses
 
-CV_PATIENCE = 2  # grid steps past every selection's best CV loss before the L2 path stops
+CV_PATIENCE = 2  # grid steps past a selection's best CV loss before it leaves the L2 path
 
 
 def group_split(
@@ -203,16 +203,20 @@ def _l2_path(
     members = torch.nn.functional.one_hot(selection).to(x)  # [n_heads, n_selections]
     members = members / members.sum(0, keepdim=True)
     # Along the L2 path from the strongest penalty: each solve has heads of like curvature and starts close by.
-    # Weak penalties are the slow solves (n < d_model makes the data separable), so the path stops once every
-    # selection's CV loss has risen for CV_PATIENCE steps past its minimum.
+    # Weak penalties are the slow solves (n < d_model makes the data separable), so a selection leaves the path
+    # once its CV loss has risen for CV_PATIENCE steps past its minimum; its heads are not solved again.
+    active = torch.ones(len(x), len(members[0]), dtype=torch.bool, device=x.device)  # [n_layers, n_selections]
     heads, losses = None, {}
     for l2 in sorted(settings.l2_grid, reverse=True):
         penalty = torch.tensor(l2, dtype=torch.float64).to(x)
-        start = None if heads is None else Heads(heads.weight, heads.bias)
-        heads = fit_lbfgs(x, labels, fit_weights, penalty, max_iter=settings.max_iter, init=start, inputs=inputs)
-        losses[l2] = head_losses(heads, x, labels, check_weights, torch.zeros(1).to(x)) @ members
+        heads = fit_lbfgs(x, labels, fit_weights, penalty, max_iter=settings.max_iter, init=heads, inputs=inputs,
+                          active=active[:, selection])  # fmt: skip
+        loss = head_losses(heads, x, labels, check_weights, torch.zeros(1).to(x)) @ members
+        losses[l2] = torch.where(active, loss, torch.full_like(loss, float("inf")))
         path = torch.stack(list(losses.values()), dim=-1)
-        if path.shape[-1] > CV_PATIENCE and bool((path.argmin(-1) < path.shape[-1] - CV_PATIENCE).all()):
+        if path.shape[-1] > CV_PATIENCE:
+            active &= path.argmin(-1) >= path.shape[-1] - CV_PATIENCE
+        if not active.any():
             break
     missing = torch.full(path.shape[:-1], float("inf")).to(x)
     table = torch.stack([losses.get(l2, missing) for l2 in settings.l2_grid], dim=-1)

@@ -116,6 +116,7 @@ def fit_lbfgs(
     tolerance: float = 1e-6,
     init: Heads | None = None,
     inputs: HeadInputs | None = None,
+    active: Tensor | None = None,
 ) -> Heads:
     """Full-batch L-BFGS (strong-Wolfe line search) on the sum of the heads' objectives, from zero or ``init``.
 
@@ -124,7 +125,8 @@ def fit_lbfgs(
     of L2 at a time over the layers that hold it (``max_iter`` iterations each). Warns :class:`ConvergenceWarning`,
     naming the layers and heads, where a solve runs out of iterations (``max_iter``) or function evaluations before a
     head's largest gradient component is down to ``tolerance`` (a solve that stops because the loss no longer changes
-    counts as converged, as scikit-learn's ``lbfgs`` counts it). ``inputs`` gives each head its own view of ``x``.
+    counts as converged, as scikit-learn's ``lbfgs`` counts it). ``inputs`` gives each head its own view of ``x``;
+    ``active`` (``[n_layers, n_heads]`` booleans, default all) names the heads to solve, the others keep ``init``.
     """
     n_layers, n_heads = x.shape[0], labels.shape[0]
     l2 = torch.as_tensor(l2).to(x).expand(n_layers, n_heads)
@@ -133,6 +135,9 @@ def fit_lbfgs(
     unconverged: list[_Unconverged] = []
     n_iter = 0
     for cells in _same_decade_of_l2(l2):
+        cells = cells if active is None else cells & active
+        if not cells.any():
+            continue
         layers = cells.any(-1).nonzero().squeeze(-1)
         solved, iterations, out_of_budget = _solve_lbfgs(
             x[layers], labels, weights, l2[layers], cells[layers], Heads(weight, bias, inputs).layers(layers), max_iter,
