@@ -46,7 +46,7 @@ def direction_probes(
 ) -> LayerProbes:
     """Probes of the pivot's direction: on the pivotal rows of ``examples``, label 1 where the pivot raised P(success).
 
-    ``acts`` and ``baselines`` are those of all examples (``examples.cache``, ``examples.baselines``); the control
+    ``acts`` and ``baselines`` are those of all examples (``examples.cache``, ``example_baselines``); the control
     task uses the current tokens. Keyword arguments go to :func:`~lens_pivotal.probes.train_probes` (``model``,
     ``layers``, ``embeddings``, ``settings``).
     """

@@ -33,7 +33,7 @@ from lens_pivotal.probes.training import MIN_SCALE, Heads
 class LayerProbes(ModelBound):
     """One logistic probe per layer of a ``[n_layers, n_rows, d_model]`` activation tensor.
 
-    Build with :meth:`from_model` (or :func:`train_probes`), then ``fit``; ``predict_proba`` gives
+    Build with :meth:`from_model` (or :func:`~lens_pivotal.probes.train_probes`), then ``fit``; ``predict_proba`` gives
     ``[n_layers, n_rows]`` probabilities that the next token is pivotal.
     """
 
@@ -93,7 +93,7 @@ class LayerProbes(ModelBound):
 
     @property
     def baseline_metrics(self) -> dict[str, dict[str, float]]:
-        """Held-out metrics of each baseline given to :func:`train_probes` (``{}`` without any), scored on the same
+        """Held-out metrics of each baseline given to :func:`~lens_pivotal.probes.train_probes` (``{}`` without any), scored on the same
         held-out problems as the probes: ``baseline_metrics["entropy"]["auroc"]``, ``["auroc_low"]``,
         ``["auroc_high"]``, and the same for every other metric (see :mod:`lens_pivotal.probes.baselines`)."""
         return self.config.baseline_metrics or {}
@@ -119,7 +119,7 @@ class LayerProbes(ModelBound):
     @property
     def selectivity(self) -> Float[Tensor, " n_layers"]:
         """Held-out AUROC minus the control task's (Hewitt & Liang: token types given random labels), per layer: what
-        the probe reads beyond memorising the current token's type. Needs ``control_types`` in :func:`train_probes`."""
+        the probe reads beyond memorising the current token's type. Needs ``control_types`` in :func:`~lens_pivotal.probes.train_probes`."""
         self._require_evaluated()
         if self.config.control_task_auroc is None:
             raise RuntimeError("no control task was trained: pass control_types=examples.current_tokens to train_probes")
@@ -147,8 +147,8 @@ class LayerProbes(ModelBound):
     ) -> LayerProbes:
         """Train every layer's probe on all the rows given, as scikit-learn's ``LogisticRegressionCV`` does: the L2 of
         each layer is chosen by grouped cross-validation on these rows (unless ``l2`` is fixed). Nothing is held out
-        or evaluated here: :func:`train_probes` splits off held-out groups, trains the controls and reports
-        metrics; :func:`evaluate_probes` scores fitted probes on any rows.
+        or evaluated here: :func:`~lens_pivotal.probes.train_probes` splits off held-out groups, trains the controls and reports
+        metrics; :func:`~lens_pivotal.probes.evaluate_probes` scores fitted probes on any rows.
 
         Args:
             acts: activations from :func:`lens_pivotal.cache_resid_post` (``[n_layers, n_rows, d_model]``), on

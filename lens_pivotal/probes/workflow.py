@@ -231,7 +231,7 @@ def probe_demo(model: Any, out: str | os.PathLike, *, model_source: str = "embed
 def format_gate_table(run: ProbeRun, model: Any, rates: Sequence[float] = GATE_RATES) -> str:
     """The best layer's probe as a gate, at 0.5 and at thresholds set by false-positive rates on the held-out
     negatives: on those rows (false-positive rate, recall) and on every answer state of the held-out texts (how often
-    it fires, precision, recall; :func:`~lens_pivotal.probes.calibration.gate_precision`)."""
+    it fires, precision, recall; :func:`~lens_pivotal.probes.evaluation.gate_precision`)."""
     probes = run.probes
     thresholds = [0.5, *(FalsePositiveRate(rate) for rate in rates)]
     on_texts = gate_precision(probes, model, run.examples, thresholds)
