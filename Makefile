@@ -52,21 +52,18 @@ $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 demo: $(STAMP)
 	$(VENV)/bin/lens-pivotal demo --out $(DEMO_OUT) --overwrite
 
-# Two pytest workers (pytest-xdist) on the machine's two cores: the real-model tests are long, single-threaded enough
-# that a second worker cuts the wall time by about a quarter. `PYTEST_WORKERS=0` runs in one process.
-PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
+	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow"
+	$(PY) -m pytest -q -m "not slow"
 
 test-latest: export PIP_CONSTRAINT = $(LATEST_PIP_CONSTRAINT)
 test-latest:
 	rm -rf $(LATEST_VENV)
 	$(call setup,$(LATEST_VENV),--upgrade --upgrade-strategy eager,$(NEWEST_TORCH))
 	@# The versions again after the suite's (long) output, whatever its outcome.
-	$(LATEST_VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS); status=$$?; $(LATEST_VENV)/bin/python $(PRINT_VERSIONS) ran:; exit $$status
+	$(LATEST_VENV)/bin/python -m pytest -q; status=$$?; $(LATEST_VENV)/bin/python $(PRINT_VERSIONS) ran:; exit $$status
 
 lock:
 	@test -x $(LATEST_VENV)/bin/python || { echo "run 'make test-latest' first"; exit 1; }
