@@ -24,11 +24,27 @@ def subcommands(parser) -> list[list[str]]:
     return paths
 
 
-@pytest.mark.parametrize("path", [[]] + subcommands(build_parser()), ids=lambda p: " ".join(p) or "top")
-def test_help_of_every_subcommand(path):
-    result = subprocess.run([sys.executable, "-m", "lens_pivotal", *path, "--help"], capture_output=True, text=True)
+def test_the_module_entry_point_prints_help():
+    result = subprocess.run([sys.executable, "-m", "lens_pivotal", "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "usage: lens-pivotal" in result.stdout
+
+
+@pytest.mark.parametrize("path", [[]] + subcommands(build_parser()), ids=lambda p: " ".join(p) or "top")
+def test_help_of_every_subcommand(path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*path, "--help"])
+    assert exit_.value.code == 0
+    assert f"usage: lens-pivotal {' '.join(path)}".rstrip() in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["demo"], ["attribute", "some text"]])
+def test_integrated_gradients_steps_below_one_are_refused_before_any_work(command, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--steps", "0", "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert "argument --steps: must be a whole number of at least 1, got '0'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_cache_writes_a_store_from_jsonl(tmp_path, capsys):
@@ -70,7 +86,8 @@ def test_cache_reports_a_position_error_without_a_traceback(tmp_path, capsys):
 @pytest.mark.slow
 def test_demo_prints_a_logit_lens_table_and_trains_probes(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "lens_pivotal", "demo", "--out", str(tmp_path / "demo")], capture_output=True, text=True
+        [sys.executable, "-m", "lens_pivotal", "demo", "--out", str(tmp_path / "demo"), "--steps", "8"],
+        capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr
     assert "The capital of France is" in result.stdout
@@ -86,6 +103,7 @@ def test_demo_prints_a_logit_lens_table_and_trains_probes(tmp_path):
     assert "(probe+entropy+top1_prob) - (entropy+top1_prob) [95% CI]" in result.stdout and len(metrics["cv_auroc"]) == 30
     assert "FPR 0.1" in result.stdout and "precision (texts)" in result.stdout
     assert (tmp_path / "demo" / "probes" / "probes" / "probes.safetensors").is_file()
+    assert "integrated gradients, 8 steps" in result.stdout and (tmp_path / "demo" / "why_pivotal.html").is_file()
 
 
 def test_a_device_map_for_the_embedded_model_is_a_clear_error(tmp_path, capsys):

@@ -10,7 +10,7 @@ from typing import get_args
 
 from lens_pivotal._io import atomic_write_text
 from lens_pivotal.attributions.token_attribution import DEFAULT_STEPS, Baseline, Method
-from lens_pivotal.cli.arguments import EMBEDDED, load_model_from_args
+from lens_pivotal.cli.arguments import EMBEDDED, load_model_from_args, positive_int
 from lens_pivotal.viz.tables import format_table
 
 
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     attribute.add_argument("--baseline", default=None, help="'pad' (integrated gradients' default: the first, special and "
                            "chat-template tokens kept, every other one replaced by a space), 'zero' (occlusion's "
                            "default: all-zero embeddings) or a token id replacing every token")  # fmt: skip
-    attribute.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+    attribute.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS,
                            help=f"integrated-gradients steps (default: {DEFAULT_STEPS})")  # fmt: skip
     attribute.add_argument("--batch-size", type=int, default=8, help="inputs per forward/backward (default: 8)")
     attribute.add_argument("--heads", action="store_true", help="also decompose the target over heads and source tokens")

@@ -45,6 +45,17 @@ def parse_floats(text: str, what: str) -> list[float]:
     return _parse_list(text, what, float, "numbers")
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a whole number of at least 1 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
 def _parse_list(text: str, what: str, convert: Callable[[str], Any], noun: str) -> list[Any]:
     try:
         return [convert(part) for part in text.split(",") if part.strip()]

@@ -10,7 +10,8 @@ from typing import Sequence
 
 from lens_pivotal._io import jsonl_lines
 from lens_pivotal.attributions.cli import register as register_attributions
-from lens_pivotal.cli.arguments import EMBEDDED, add_model_arguments, load_model_from_args, parse_ints
+from lens_pivotal.attributions.token_attribution import DEFAULT_STEPS
+from lens_pivotal.cli.arguments import EMBEDDED, add_model_arguments, load_model_from_args, parse_ints, positive_int
 from lens_pivotal.distributed import init_from_environment, leave_process_group
 from lens_pivotal.patchscope.cli import register as register_patchscope
 from lens_pivotal.probes.cli import register as register_probes
@@ -53,7 +54,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(probe_demo(model, out / "probes", model_source=args.model))
         print(f"\nwrote the probes, metrics.json, plots and HTML views to {Path(args.out) / 'probes'}/")
         print("\nWhy is this token pivotal? Token attributions of the best layer's probe and of the pivot token")
-        print(attribution_demo(model, out / "probes" / "probes", out))
+        print(attribution_demo(model, out / "probes" / "probes", out, steps=args.steps))
     return 0
 
 
@@ -81,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(demo, EMBEDDED)
     demo.add_argument("--out", default="demo_out", help="folder for the files it writes (default: demo_out)")
     demo.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
+    demo.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS,
+                      help=f"integrated-gradients steps of the attributions (default: {DEFAULT_STEPS})")  # fmt: skip
     demo.set_defaults(func=_cmd_demo)
 
     cache = commands.add_parser("cache", help="cache resid_post of texts at chosen positions into an on-disk store")
