@@ -167,16 +167,21 @@ def hf_resid_states(reference, ids: torch.Tensor) -> list[torch.Tensor]:
 
 
 @functools.lru_cache(maxsize=None)
-def _checkpoint_tokenizer(directory: str):
+def _tokenizer_in(directory: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(directory)
 
 
+def checkpoint_tokenizer(reference):
+    """The checkpoint's own tokenizer, loaded once from the plain HF ``reference`` model's directory."""
+    return _tokenizer_in(str(reference.name_or_path))
+
+
 def hf_token_ids(reference, text: str) -> torch.Tensor:
-    """``[1, seq]`` ids from the checkpoint's own tokenizer (loaded from the plain HF ``reference`` model's directory)
-    with its defaults: the independent reference for the package's tokenization rule."""
-    return torch.tensor([_checkpoint_tokenizer(str(reference.name_or_path))(text)["input_ids"]])
+    """``[1, seq]`` ids from the checkpoint's own tokenizer with its defaults: the independent reference for the
+    package's tokenization rule."""
+    return torch.tensor([checkpoint_tokenizer(reference)(text)["input_ids"]])
 
 
 def sklearn_group_folds(groups, labels, n_folds: int, seed: int):

@@ -15,10 +15,9 @@ from lens_pivotal.attributions.pivots import pivot_contexts
 from lens_pivotal.pts.problems import group_name
 from lens_pivotal.pts.schema import load_shipped_pts
 
-from conftest import hf_token_ids
+from conftest import checkpoint_tokenizer, hf_token_ids
 from test_attributions_token_attribution import (
     chatml_kept,
-    checkpoint_tokenizer,
     hand_gap,
     hf_embeddings,
     hf_log_prob,

@@ -6,9 +6,8 @@ import pytest
 import torch
 
 import lens_pivotal as lp
-from transformers import AutoTokenizer
 
-from conftest import hf_token_ids
+from conftest import checkpoint_tokenizer, hf_token_ids
 
 TEXT = "Sam has 3 apples and buys 4 more, so he has 7."
 POSITION = 5
@@ -42,9 +41,6 @@ def test_a_token_targets_logit_lens_layer_is_the_block(family_models):
     with torch.no_grad():
         state = reference(hf_token_ids(reference, TEXT), output_hidden_states=True).hidden_states[2][0, 2]
         logits = reference.lm_head(reference.model.norm(state))
-    token = reference_tokenizer(reference)(" apples", add_special_tokens=False)["input_ids"][0]
+    token = checkpoint_tokenizer(reference)(" apples", add_special_tokens=False)["input_ids"][0]
     assert attribution.target_value == pytest.approx(float(logits.log_softmax(-1)[token]), abs=1e-4)
 
-
-def reference_tokenizer(reference):
-    return AutoTokenizer.from_pretrained(reference.name_or_path)

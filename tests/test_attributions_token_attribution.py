@@ -14,7 +14,7 @@ import torch
 import lens_pivotal as lp
 from lens_pivotal.probes import LayerProbes
 
-from conftest import family_params, hf_token_ids, in_our_convention
+from conftest import checkpoint_tokenizer, family_params, hf_token_ids, in_our_convention
 
 ARCHS = family_params()
 TEXT = "Sam has 12 apples and buys 7 more, so now Sam has"
@@ -264,12 +264,6 @@ def test_bad_input_is_named(tiny_qwen3_model, kwargs, error, message):
 
 CHAT = "<|im_start|>user\nSam has 12 apples<|im_end|>\n<|im_start|>assistant\nSam has"
 CHAT_TEMPLATE_PIECES = ("<|im_start|>", "user", "\n", "<|im_end|>", "assistant")  # the only ones of CHAT's text
-
-
-def checkpoint_tokenizer(reference):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(reference.name_or_path)
 
 
 def hf_pad_baseline(reference, ids, kept):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import hf_token_ids
+from conftest import checkpoint_tokenizer, hf_token_ids
 
 import lens_pivotal as lp
 from lens_pivotal.patchscope import relation_prompts
@@ -49,7 +49,7 @@ def test_every_entry_point_puts_a_string_on_the_same_tokens_as_the_hf_tokenizer(
     generator = torch.Generator().manual_seed(0)
     acts, labels = torch.randn(1, 32, model.cfg.d_model, generator=generator), torch.arange(32) % 2
     probes = lp.train_probes(acts, labels, model=model, layers=[0], settings=lp.ProbeSettings(l2=1.0, n_bootstrap=0))
-    tokenizer = _checkpoint_tokenizer(reference)
+    tokenizer = checkpoint_tokenizer(reference)
     plain, templated = "Sam has 3 apples.", f"{tokenizer.all_special_tokens[0]}Sam has 3 apples."
     for text, expected in ((plain, tokenizer(plain)["input_ids"]),
                            (templated, tokenizer(templated, add_special_tokens=False)["input_ids"])):
@@ -58,8 +58,3 @@ def test_every_entry_point_puts_a_string_on_the_same_tokens_as_the_hf_tokenizer(
         assert lp.attribute_tokens(model, text, target=None, method="input_x_gradient").token_ids == expected
         assert lp.head_attributions(model, text, target=None).token_ids == expected
 
-
-def _checkpoint_tokenizer(reference):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(reference.name_or_path)
