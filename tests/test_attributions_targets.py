@@ -43,4 +43,3 @@ def test_a_token_targets_logit_lens_layer_is_the_block(family_models):
         logits = reference.lm_head(reference.model.norm(state))
     token = checkpoint_tokenizer(reference)(" apples", add_special_tokens=False)["input_ids"][0]
     assert attribution.target_value == pytest.approx(float(logits.log_softmax(-1)[token]), abs=1e-4)
-
