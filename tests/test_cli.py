@@ -104,6 +104,7 @@ def test_demo_prints_a_logit_lens_table_and_trains_probes(tmp_path):
     assert "FPR 0.1" in result.stdout and "precision (texts)" in result.stdout
     assert (tmp_path / "demo" / "probes" / "probes" / "probes.safetensors").is_file()
     assert "integrated gradients, 8 steps" in result.stdout and (tmp_path / "demo" / "why_pivotal.html").is_file()
+    assert f"wrote {tmp_path / 'demo' / 'why_pivotal.html'}" in result.stdout  # the final folder, not the scratch one
 
 
 def test_a_device_map_for_the_embedded_model_is_a_clear_error(tmp_path, capsys):

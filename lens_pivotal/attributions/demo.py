@@ -25,7 +25,7 @@ def attribution_demo(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the summary and the page report each attribution's completeness
         [explanation] = explain_pivots(model, heldout_pivots(probes), probes, n=1, steps=steps, progress=False)
-    path = pivots_view([explanation]).save(Path(out_dir) / "why_pivotal.html")
+    pivots_view([explanation]).save(Path(out_dir) / "why_pivotal.html")
     row = explanation.row
     lines = [f"Held-out pivot {row.pivot_token!r} (P(success) {row.prob_before:.2f} -> {row.prob_after:.2f}), "
              f"integrated gradients, {steps} steps, {explanation.pivot.baseline!r} baseline:"]  # fmt: skip
@@ -35,7 +35,6 @@ def attribution_demo(
             f"  {attribution.target_label} = {attribution.target_value:+.3f} (baseline "
             f"{attribution.baseline_value:+.3f}); {completeness_text(attribution)}; top tokens: {top}"
         )
-    lines.append(f"wrote {path}")
     return "\n".join(lines)
 
 

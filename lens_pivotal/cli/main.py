@@ -55,6 +55,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"\nwrote the probes, metrics.json, plots and HTML views to {Path(args.out) / 'probes'}/")
         print("\nWhy is this token pivotal? Token attributions of the best layer's probe and of the pivot token")
         print(attribution_demo(model, out / "probes" / "probes", out, steps=args.steps))
+        print(f"wrote {Path(args.out) / 'why_pivotal.html'}")
     return 0
 
 
